@@ -1,0 +1,112 @@
+"""ASGI middleware: stamp or validate the envelope on every HTTP request and WebSocket session.
+
+Pure ASGI (no ``BaseHTTPMiddleware``), so the envelope stays bound for the whole unit of work:
+the handler, streamed response bodies, Starlette background tasks, ``run_in_threadpool`` and
+tasks the handler spawns. It is reset when the application returns. Lifespan passes through.
+
+    app.add_middleware(OwnershipMiddleware, policy=Policy(mode="enforce"))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from .codec import BAGGAGE_HEADER, TRACEPARENT_HEADER
+from .gate import PROBLEM_CONTENT_TYPE, Entry, Gate
+from .hashing import Keys
+from .policy import Policy
+
+__all__ = ["OwnershipMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_STARTS = frozenset({"http.response.start", "websocket.accept"})
+
+
+class OwnershipMiddleware:
+    """Admit each request through the policy and bind its envelope for the request's lifetime.
+
+    ``trace_header`` (default ``x-trace-id``; ``None`` to disable) echoes the trace id on every
+    response, rejections included. Rejected HTTP requests get ``400`` with an
+    ``application/problem+json`` body; rejected WebSocket handshakes get the same response
+    where the server supports the denial-response extension, else a ``1008`` close (HTTP 403).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        policy: Policy | None = None,
+        keys: Keys | None = None,
+        trace_header: str | None = "x-trace-id",
+    ) -> None:
+        self.app = app
+        self.gate = Gate(policy, keys)
+        names = (BAGGAGE_HEADER, TRACEPARENT_HEADER, *self.gate.edge_header_names)
+        self._wanted = frozenset(name.encode("latin-1") for name in names)
+        self._trace_header = trace_header.lower().encode("latin-1") if trace_header else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope_type = scope["type"]
+        if scope_type != "http" and scope_type != "websocket":
+            await self.app(scope, receive, send)
+            return
+        carrier: dict[str, str] = {}
+        wanted = self._wanted
+        for name, value in scope["headers"]:
+            if name in wanted:
+                key = name.decode("latin-1")
+                text = value.decode("latin-1")
+                # Repeated headers join with commas, as HTTP defines: repeated baggage
+                # merges, a repeated first-party header becomes an invalid value.
+                carrier[key] = f"{carrier[key]},{text}" if key in carrier else text
+        entry = self.gate.enter(carrier, hop="http", unit=scope["path"], edge=True, native=scope)
+        try:
+            if entry.envelope is None:
+                await self._reject(scope, receive, send, entry)
+            elif self._trace_header is None:
+                await self.app(scope, receive, send)
+            else:
+                await self.app(scope, receive, self._echo_trace(send, entry.trace_id))
+        finally:
+            entry.close()
+
+    def _echo_trace(self, send: Send, trace_id: str) -> Send:
+        trace = (self._trace_header, trace_id.encode("ascii"))
+
+        async def send_with_trace(message: Message) -> None:
+            if message["type"] in _STARTS:
+                # A new list: the app may reuse its own (Starlette's Response.raw_headers).
+                message["headers"] = [*message.get("headers", ()), trace]
+            await send(message)
+
+        return send_with_trace
+
+    def _headers(self, entry: Entry, body: bytes) -> list[tuple[bytes, bytes]]:
+        headers = [
+            (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        if self._trace_header is not None:
+            headers.append((self._trace_header, entry.trace_id.encode("ascii")))
+        return headers
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, entry: Entry) -> None:
+        body = entry.problem_body()
+        if scope["type"] == "http":
+            start = {"type": "http.response.start", "status": 400}
+            await send({**start, "headers": self._headers(entry, body)})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await receive()  # websocket.connect
+        if "websocket.http.response" in scope.get("extensions", {}):
+            start = {"type": "websocket.http.response.start", "status": 400}
+            await send({**start, "headers": self._headers(entry, body)})
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": 1008, "reason": "ownership rejected"})

@@ -1,0 +1,309 @@
+"""The wire format: envelope <-> carrier.
+
+On HTTP the envelope travels as W3C ``baggage`` entries under one namespace::
+
+    baggage: ownership.v=1,ownership.trace_id=4bf9...,ownership.owner_team=search,sentry-env=prod
+
+Other systems' entries are kept as they are; ours replace any earlier ``ownership.*`` entries.
+Queue messages carry the same text (ownership entries only) in one header, `QUEUE_HEADER`.
+
+Parsing never raises: it returns what it could read plus a list of `Problem`. The W3C limits
+are the ones OpenTelemetry enforces (a header over 8192 bytes is dropped whole, entries over
+4096 bytes or past the 180th are skipped), so that what we accept, OpenTelemetry accepts too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import re
+from collections.abc import Mapping, MutableMapping
+from typing import Final
+from urllib.parse import unquote
+
+from .envelope import (
+    ATTRIBUTIONS,
+    FIELDS,
+    FORMAT_VERSION,
+    MAX_EXTRAS,
+    Attribution,
+    Envelope,
+    Problem,
+    _assemble,
+    check_extra,
+    check_field,
+)
+from .hashing import Keys
+
+__all__ = [
+    "BAGGAGE_HEADER",
+    "MAX_BAGGAGE_BYTES",
+    "MAX_BAGGAGE_ENTRIES",
+    "MAX_ENTRY_BYTES",
+    "PREFIX",
+    "QUEUE_HEADER",
+    "TRACEPARENT_HEADER",
+    "Parsed",
+    "decode",
+    "decode_header",
+    "encode",
+    "encode_header",
+    "new_trace_id",
+    "parse",
+    "trace_id_from_traceparent",
+]
+
+PREFIX: Final = "ownership."
+BAGGAGE_HEADER: Final = "baggage"
+TRACEPARENT_HEADER: Final = "traceparent"
+#: The one message header (Celery) / option key (Dramatiq) that carries the envelope.
+QUEUE_HEADER: Final = "ownership_envelope"
+MAX_BAGGAGE_BYTES: Final = 8192
+MAX_BAGGAGE_ENTRIES: Final = 180
+MAX_ENTRY_BYTES: Final = 4096
+
+_FIELD_SET: Final = frozenset(FIELDS)
+_TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Parsed:
+    """What one carrier text said about ownership. Shared from a cache: do not mutate.
+
+    ``entries`` holds every ownership entry as received (prefix removed, signature excluded):
+    the signature is checked against exactly these. ``fields`` holds the entries that passed
+    the field rules, by envelope field name.
+    """
+
+    present: bool = False
+    entries: tuple[tuple[str, str], ...] = ()
+    fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    extras: tuple[tuple[str, str], ...] = ()
+    attribution: Attribution = "attributed"
+    signature: str | None = None
+    problems: tuple[Problem, ...] = ()
+
+
+_EMPTY = Parsed()
+
+
+def new_trace_id() -> str:
+    """A fresh W3C trace id (32 hex, never all zero)."""
+    while True:
+        trace_id = os.urandom(16).hex()
+        if trace_id != "0" * 32:
+            return trace_id
+
+
+def trace_id_from_traceparent(value: str | None) -> str | None:
+    """The trace id of a valid W3C ``traceparent`` value, else ``None``."""
+    if not value:
+        return None
+    match = _TRACEPARENT_00.fullmatch(value)  # the common case, in one step
+    if match is not None:
+        trace_id = match.group(1)
+        return None if trace_id == "0" * 32 else trace_id
+    match = _TRACEPARENT.fullmatch(value.strip())
+    if match is None:
+        return None
+    version, trace_id, parent_id, _flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest) or trace_id == "0" * 32:
+        return None
+    if parent_id == "0" * 16:
+        return None
+    return trace_id
+
+
+def parse(text: str) -> Parsed:
+    """Read the ownership entries of a baggage (or queue header) value. Never raises."""
+    if PREFIX not in text:
+        return _EMPTY
+    if len(text) <= 2048:
+        return _parse_cached(text)
+    return _parse(text)
+
+
+def _parse(text: str) -> Parsed:
+    size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_BAGGAGE_BYTES:
+        return Parsed(
+            present=True,
+            problems=(Problem("oversized", None, f"header over {MAX_BAGGAGE_BYTES} bytes"),),
+        )
+    problems: list[Problem] = []
+    members = text.split(",")
+    if len(members) > MAX_BAGGAGE_ENTRIES:
+        if any(m.strip().startswith(PREFIX) for m in members[MAX_BAGGAGE_ENTRIES:]):
+            problems.append(
+                Problem("too_many_entries", None, f"entries past the {MAX_BAGGAGE_ENTRIES}th")
+            )
+        members = members[:MAX_BAGGAGE_ENTRIES]
+
+    received: dict[str, str] = {}
+    duplicated: set[str] = set()
+    for member in members:
+        member = member.strip()
+        if not member.startswith(PREFIX):
+            continue
+        if len(member) > MAX_ENTRY_BYTES:
+            problems.append(Problem("oversized", None, f"entry over {MAX_ENTRY_BYTES} bytes"))
+            continue
+        key, sep, value = member.partition("=")
+        key = key.strip()[len(PREFIX) :]
+        value = value.split(";", 1)[0].strip()  # W3C entry properties carry nothing for us
+        if not sep:
+            problems.append(Problem("malformed", None, "entry without '='"))
+            continue
+        if "%" in value:
+            try:
+                value = unquote(value, errors="strict")
+            except UnicodeDecodeError:
+                problems.append(Problem("malformed", _field_name(key), "invalid percent-encoding"))
+                continue
+        if key in received or key in duplicated:
+            duplicated.add(key)
+            received.pop(key, None)
+            continue
+        received[key] = value
+    for key in sorted(duplicated):
+        # Two values for one field: either could be the smuggled one, so neither is used.
+        problems.append(Problem("duplicate", _field_name(key), "entry appears more than once"))
+
+    signature = received.pop("sig", None)
+    entries = tuple(sorted(received.items()))
+    version = received.pop("v", None)
+    if version is not None and version != str(FORMAT_VERSION):
+        problems.append(
+            Problem("unsupported_version", "version", f"only format version {FORMAT_VERSION}")
+        )
+        return Parsed(present=True, entries=entries, signature=signature, problems=tuple(problems))
+
+    fields: dict[str, str] = {}
+    extras: list[tuple[str, str]] = []
+    attribution: Attribution = "attributed"
+    for key, value in received.items():
+        if key in _FIELD_SET:
+            problem = check_field(key, value)
+            if problem is None:
+                fields[key] = value
+            else:
+                problems.append(problem)
+        elif key == "attribution":
+            if value in ATTRIBUTIONS:
+                attribution = value  # type: ignore[assignment]
+            else:
+                problems.append(Problem("invalid", "attribution", f"must be one of {ATTRIBUTIONS}"))
+        elif key.startswith("x."):
+            problem = check_extra(key[2:], value)
+            if problem is not None:
+                problems.append(problem)
+            elif len(extras) >= MAX_EXTRAS:
+                problems.append(Problem("invalid", "extra", f"at most {MAX_EXTRAS} extra fields"))
+            else:
+                extras.append((key[2:], value))
+        else:
+            problems.append(Problem("unknown_entry", None, "not an ownership entry", "ignored"))
+    return Parsed(
+        present=True,
+        entries=entries,
+        fields=fields,
+        extras=tuple(sorted(extras)),
+        attribution=attribution,
+        signature=signature,
+        problems=tuple(problems),
+    )
+
+
+_parse_cached = functools.lru_cache(maxsize=1024)(_parse)
+
+
+def _field_name(key: str) -> str | None:
+    # Name a field in a problem only when it is one of ours: never echo a hostile key.
+    if key in _FIELD_SET or key in ("v", "sig", "attribution"):
+        return key
+    if key.startswith("x.") and check_extra(key[2:], "x") is None:
+        return "extra." + key[2:]
+    return None
+
+
+def entries_of(envelope: Envelope) -> dict[str, str]:
+    """The wire entries of an envelope (prefix removed, no signature), in wire order."""
+    entries = {"v": str(envelope.version)}
+    for name in FIELDS:
+        value = getattr(envelope, name)
+        if value is not None:
+            entries[name] = value
+    if envelope.attribution != "attributed":
+        entries["attribution"] = envelope.attribution
+    for key, value in envelope.extras:
+        entries["x." + key] = value
+    return entries
+
+
+def encode_header(envelope: Envelope, keys: Keys | None = None) -> str:
+    """The envelope as one header value (ownership entries only), signed when keys can sign.
+
+    Field values are tokens of the contract, all legal in baggage values, so nothing needs
+    percent-encoding.
+    """
+    entries = entries_of(envelope)
+    text = ",".join(f"{PREFIX}{k}={v}" for k, v in entries.items())
+    if keys is not None and keys.signing_keys:
+        text += f",{PREFIX}sig={keys.sign(entries)}"
+    return text
+
+
+def decode_header(value: str | None, keys: Keys | None = None) -> tuple[Envelope | None, tuple[Problem, ...]]:
+    """Read an envelope from a queue header value. Never raises."""
+    return _to_envelope(parse(value or ""), None, keys)
+
+
+def encode(
+    envelope: Envelope, carrier: MutableMapping[str, str], keys: Keys | None = None
+) -> tuple[Problem, ...]:
+    """Write the envelope into ``carrier["baggage"]``, keeping every foreign entry.
+
+    When the foreign entries leave no room within the W3C limits, the carrier is left as it
+    was (other systems' data is never destroyed) and the problem is returned.
+    """
+    ours = encode_header(envelope, keys)
+    existing = carrier.get(BAGGAGE_HEADER)
+    if not existing:
+        carrier[BAGGAGE_HEADER] = ours
+        return ()
+    foreign = [m for m in existing.split(",") if m.strip() and not m.strip().startswith(PREFIX)]
+    merged = ",".join([*foreign, ours])
+    count = len(foreign) + ours.count(",") + 1
+    if count > MAX_BAGGAGE_ENTRIES or len(merged.encode("utf-8", "surrogatepass")) > MAX_BAGGAGE_BYTES:
+        return (Problem("baggage_full", None, "no room within the W3C baggage limits"),)
+    carrier[BAGGAGE_HEADER] = merged
+    return ()
+
+
+def decode(
+    carrier: Mapping[str, str], keys: Keys | None = None
+) -> tuple[Envelope | None, tuple[Problem, ...]]:
+    """Read the envelope from an HTTP carrier (``baggage``, and ``traceparent`` for the trace id).
+
+    Returns ``(None, problems)`` when the carrier holds no ownership entries, or no trace id.
+    When ``keys`` can verify and the envelope is signed, a bad signature drops it.
+    """
+    parsed = parse(carrier.get(BAGGAGE_HEADER) or "")
+    return _to_envelope(parsed, trace_id_from_traceparent(carrier.get(TRACEPARENT_HEADER)), keys)
+
+
+def _to_envelope(
+    parsed: Parsed, fallback_trace_id: str | None, keys: Keys | None
+) -> tuple[Envelope | None, tuple[Problem, ...]]:
+    if not parsed.present:
+        return None, parsed.problems
+    problems = parsed.problems
+    if parsed.signature is not None and keys is not None and keys.signing_keys:
+        if not keys.verify(dict(parsed.entries), parsed.signature):
+            return None, (*problems, Problem("bad_signature", "sig", "signature does not verify"))
+    trace_id = parsed.fields.get("trace_id", fallback_trace_id)
+    if trace_id is None:
+        return None, (*problems, Problem("missing", "trace_id", "no trace id in the carrier"))
+    return _assemble(trace_id, parsed.fields, parsed.extras, parsed.attribution), problems

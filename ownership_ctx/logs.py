@@ -1,0 +1,82 @@
+"""Put the envelope on every log line: a structlog processor and a stdlib `logging.Filter`.
+
+Both add the bound envelope's fields that have values (``trace_id``, ``owner_team``,
+``workflow_id``, ``feature``, ``tenant``, ``user``, ``attribution`` and extras as
+``extra.<key>``), under names you can change, and add nothing when no envelope is bound.
+Neither imports structlog: a structlog processor is just a callable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+from .context import current
+
+__all__ = ["OwnershipLogFilter", "add_ownership", "ownership_processor"]
+
+
+class _Fields:
+    __slots__ = ("_prefix", "_rename")
+
+    def __init__(self, rename: Mapping[str, str] | None, prefix: str) -> None:
+        self._rename = dict(rename or {})
+        self._prefix = prefix
+
+    def of_current(self) -> dict[str, str] | None:
+        envelope = current()
+        if envelope is None:
+            return None
+        rename, prefix = self._rename, self._prefix
+        return {prefix + rename.get(k, k): v for k, v in envelope.as_dict().items()}
+
+
+def ownership_processor(
+    rename: Mapping[str, str] | None = None, prefix: str = ""
+) -> Any:
+    """A structlog processor adding the envelope; ``rename`` maps field names to keys.
+
+    ``add_ownership`` is this with the default names.
+    """
+    fields = _Fields(rename, prefix)
+
+    def add_ownership(
+        logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        values = fields.of_current()
+        if values:
+            for key, value in values.items():
+                event_dict.setdefault(key, value)
+        return event_dict
+
+    return add_ownership
+
+
+add_ownership = ownership_processor()
+
+
+class OwnershipLogFilter(logging.Filter):
+    """Adds the envelope's fields as attributes of each `logging.LogRecord`; never drops one.
+
+    Attach it to a handler (so records from every logger get it) and name the fields in the
+    format, with defaults for lines written outside any unit of work::
+
+        handler.addFilter(OwnershipLogFilter())
+        handler.setFormatter(logging.Formatter(
+            "%(message)s team=%(owner_team)s trace=%(trace_id)s",
+            defaults={"owner_team": "-", "trace_id": "-"},
+        ))
+    """
+
+    def __init__(self, rename: Mapping[str, str] | None = None, prefix: str = "") -> None:
+        super().__init__()
+        self._fields = _Fields(rename, prefix)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        values = self._fields.of_current()
+        if values:
+            for key, value in values.items():
+                if not hasattr(record, key):
+                    setattr(record, key, value)
+        return True
