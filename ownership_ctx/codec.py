@@ -51,6 +51,7 @@ __all__ = [
     "encode_header",
     "new_trace_id",
     "parse",
+    "split_trace_id",
     "trace_id_from_traceparent",
 ]
 
@@ -64,6 +65,7 @@ MAX_BAGGAGE_ENTRIES: Final = 180
 MAX_ENTRY_BYTES: Final = 4096
 
 _FIELD_SET: Final = frozenset(FIELDS)
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 
@@ -114,6 +116,34 @@ def trace_id_from_traceparent(value: str | None) -> str | None:
     if parent_id == "0" * 16:
         return None
     return trace_id
+
+
+_TRACE_ENTRY: Final = PREFIX + "trace_id="
+_SIGNATURE_ENTRY: Final = PREFIX + "sig="
+
+
+def split_trace_id(text: str) -> tuple[str | None, str]:
+    """``(trace_id, text without that entry)`` when ``text`` holds exactly one plain, valid,
+    unsigned ``ownership.trace_id`` entry; else ``(None, text)``.
+
+    Lets callers cache what the rest of an envelope means: the rest repeats across requests,
+    the trace id never does. Anything unusual (a signature, which covers the trace id; a
+    duplicate; odd spacing) is left in place for the full parser to judge.
+    """
+    start = text.find(_TRACE_ENTRY)
+    if start < 0 or (start > 0 and text[start - 1] != ","):
+        return None, text
+    begin = start + len(_TRACE_ENTRY)
+    end = begin + 32
+    if end < len(text) and text[end] != ",":
+        return None, text
+    trace_id = text[begin:end]
+    if _TRACE_ID.fullmatch(trace_id) is None or trace_id == "0" * 32:
+        return None, text
+    rest = text[:start] + text[end + 1 :] if end < len(text) else text[: max(start - 1, 0)]
+    if _TRACE_ENTRY in rest or _SIGNATURE_ENTRY in rest:
+        return None, text
+    return trace_id, rest
 
 
 def parse(text: str) -> Parsed:

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Mapping, MutableMapping
 from contextvars import Token
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 from . import events
 from .codec import (
@@ -25,6 +25,7 @@ from .codec import (
     encode_header,
     new_trace_id,
     parse,
+    split_trace_id,
     trace_id_from_traceparent,
 )
 from .context import _envelope
@@ -50,17 +51,27 @@ logger = logging.getLogger("ownership_ctx")
 Outcome = Literal["attributed", "stamped", "quarantined", "unattributed", "rejected"]
 _RANK: Final = {name: rank for rank, name in enumerate(ATTRIBUTIONS)}
 _MAX_RAW_ID: Final = 256  # longer raw ids at the edge are refused rather than hashed
+_DECISION_CACHE_SIZE: Final = 2048
+_NO_TRACE_ID: Final = "0" * 32  # placeholder in cached templates; replaced before binding
 
 
-def _missing(required: tuple[str, ...], fields: Mapping[str, str]) -> tuple[str, ...]:
-    for name in required:
-        if name not in fields:
-            return tuple(n for n in required if n not in fields)
-    return ()
+def _with_trace_id(template: Envelope, trace_id: str) -> Envelope:
+    # The cheapest way to copy an immutable envelope with one field changed.
+    return tuple.__new__(Envelope, (trace_id, *template[1:]))
 
 
-def _any_invalid(problems: list[Problem]) -> bool:
-    return any(p.severity == "invalid" for p in problems)
+class _Decision(NamedTuple):
+    """Everything the policy decided about one carrier, except the per-request trace id.
+
+    Shared from a cache: the same client sends the same ownership on every request, and only
+    its trace id changes. Never mutated.
+    """
+
+    template: Envelope | None  # the envelope but for its trace id; None when rejected
+    outcome: Outcome
+    missing: tuple[str, ...]
+    problems: tuple[Problem, ...]
+    trace_id: str | None  # from the envelope itself, when it carried a valid one
 
 
 class Entry:
@@ -70,26 +81,35 @@ class Entry:
     parts of the incoming envelope were not used, without echoing raw values.
     """
 
-    __slots__ = ("envelope", "hop", "missing", "outcome", "problems", "trace_id", "unit", "_token")
+    __slots__ = ("_decision", "_token", "envelope", "hop", "trace_id", "unit")
 
     def __init__(
         self,
         envelope: Envelope | None,
-        outcome: Outcome,
+        decision: _Decision,
         trace_id: str,
         hop: str,
         unit: str,
-        missing: tuple[str, ...],
-        problems: tuple[Problem, ...],
     ) -> None:
         self.envelope = envelope
-        self.outcome = outcome
+        self._decision = decision
         self.trace_id = trace_id
         self.hop = hop
         self.unit = unit
-        self.missing = missing
-        self.problems = problems
         self._token: Token[Envelope | None] | None = _envelope.set(envelope)
+
+    @property
+    def outcome(self) -> Outcome:
+        return self._decision.outcome
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """Required fields that were not supplied (and, in stamp mode, had no default)."""
+        return self._decision.missing
+
+    @property
+    def problems(self) -> tuple[Problem, ...]:
+        return self._decision.problems
 
     @property
     def rejected(self) -> bool:
@@ -145,21 +165,23 @@ class Entry:
 class Gate:
     """Policy and keys applied at one kind of boundary. Build one per adapter instance."""
 
-    __slots__ = ("policy", "keys", "_edge_headers", "_extra_keys")
+    __slots__ = ("policy", "keys", "_decisions", "_edge_headers", "_edge_names", "_extra_keys")
 
     def __init__(self, policy: Policy | None = None, keys: Keys | None = None) -> None:
         self.policy = policy if policy is not None else Policy()
         self.keys = keys if keys is not None else Keys.from_env()
         headers = self.policy.edge_headers
         self._edge_headers = headers.items() if headers is not None else ()
+        self._edge_names = tuple(header for _, header in self._edge_headers)
         self._extra_keys = frozenset(self.policy.extra_keys)
+        self._decisions: dict[tuple[object, ...], _Decision] = {}
         if any(name in HASHED_FIELDS for name, _ in self._edge_headers):
             self.keys.require_hash_key("accepting raw tenant/user headers at the edge")
 
     @property
     def edge_header_names(self) -> tuple[str, ...]:
         """The lowercased first-party header names this gate reads at the edge."""
-        return tuple(header for _, header in self._edge_headers)
+        return self._edge_names
 
     def enter(
         self,
@@ -177,38 +199,69 @@ class Gate:
         At the ``edge``, first-party headers are read and raw ids hashed. A trace id comes from
         the envelope, else from ``traceparent``, else is minted. Never raises for bad input.
         """
-        policy = self.policy
-        unit_policy = policy.for_unit(unit)
-        problems: list[Problem] = []
-        extras: tuple[tuple[str, str], ...] = ()
-        incoming: Attribution = "attributed"
-
-        parsed = parse(carrier.get(header) or "")
-        if parsed.present:
-            trusted, problem = self._trust(parsed.entries, parsed.signature)
-            if problem is not None:
-                problems.append(problem)
+        text = carrier.get(header) or ""
+        trace_id: str | None = None
+        if self.policy.resolver is not None:
+            decision = self._decide(text, carrier, hop, unit, edge, native)
         else:
-            trusted = False
-        if trusted:
-            fields = dict(parsed.fields)
-            if parsed.problems:
-                problems.extend(parsed.problems)
-            extras = parsed.extras
-            incoming = parsed.attribution
-            if extras and not self._extra_keys.issuperset(k for k, _ in extras):
-                extras = tuple((k, v) for k, v in extras if k in self._extra_keys)
-                problems.append(
-                    Problem("undeclared_extra", None, "extra field not declared", "ignored")
-                )
-            trace_id = fields.pop("trace_id", None)
-        else:
-            fields = {}
-            trace_id = None
+            # Without a resolver the decision depends on these inputs alone, so it is cached.
+            # The envelope's own trace id is cut out of the key: it changes on every request.
+            trace_id, rest = split_trace_id(text)
+            edge_values = tuple(map(carrier.get, self._edge_names)) if edge else ()
+            key = (unit, rest, edge_values)
+            decision = self._decisions.get(key)  # type: ignore[assignment]
+            if decision is None:
+                decision = self._decide(rest, carrier, hop, unit, edge, native)
+                if len(self._decisions) >= _DECISION_CACHE_SIZE:
+                    self._decisions.clear()
+                self._decisions[key] = decision
+        if trace_id is None:
+            trace_id = decision.trace_id
         if trace_id is None:
             trace_id = trace_id_from_traceparent(carrier.get(TRACEPARENT_HEADER))
             if trace_id is None:
                 trace_id = new_trace_id()
+        template = decision.template
+        envelope = None if template is None else _with_trace_id(template, trace_id)
+        entry = Entry(envelope, decision, trace_id, hop, unit)
+        if decision.outcome != "attributed" or decision.problems:
+            self._report(entry)
+        if events._sink is not None:
+            events.emit(_hop_event(entry))
+        return entry
+
+    def _decide(
+        self,
+        text: str,
+        carrier: Mapping[str, str],
+        hop: str,
+        unit: str,
+        edge: bool,
+        native: object,
+    ) -> _Decision:
+        policy = self.policy
+        unit_policy = policy.for_unit(unit)
+        problems: list[Problem] = []
+        fields: dict[str, str] = {}
+        extras: tuple[tuple[str, str], ...] = ()
+        incoming: Attribution = "attributed"
+
+        parsed = parse(text)
+        if parsed.present:
+            trusted, problem = self._trust(parsed.entries, parsed.signature)
+            if problem is not None:
+                problems.append(problem)
+            if trusted:
+                fields.update(parsed.fields)
+                problems.extend(parsed.problems)
+                extras = parsed.extras
+                incoming = parsed.attribution
+                if extras and not self._extra_keys.issuperset(k for k, _ in extras):
+                    extras = tuple((k, v) for k, v in extras if k in self._extra_keys)
+                    problems.append(
+                        Problem("undeclared_extra", None, "extra field not declared", "ignored")
+                    )
+        trace_id = fields.pop("trace_id", None)
 
         if edge and self._edge_headers:
             self._read_edge_headers(carrier, fields, problems)
@@ -219,14 +272,15 @@ class Gate:
         local: Attribution = "attributed"
         if mode == "stamp":
             extras, local = self._stamp(unit_policy.defaults, fields, extras)
-        missing = _missing(unit_policy.required, fields)
-        if missing or (problems and mode != "stamp" and _any_invalid(problems)):
-            if mode == "enforce":
-                return self._finish(None, "rejected", trace_id, hop, unit, missing, problems)
+        missing = tuple(name for name in unit_policy.required if name not in fields)
+        invalid = any(p.severity == "invalid" for p in problems)
+        if (missing or invalid) and mode == "enforce":
+            return _Decision(None, "rejected", missing, tuple(problems), trace_id)
+        if missing or (invalid and mode != "stamp"):
             local = "quarantined"
         attribution = incoming if _RANK[incoming] >= _RANK[local] else local
-        envelope = _assemble(trace_id, fields, extras, attribution)
-        return self._finish(envelope, attribution, trace_id, hop, unit, missing, problems)
+        template = _assemble(_NO_TRACE_ID, fields, extras, attribution)
+        return _Decision(template, attribution, missing, tuple(problems), trace_id)
 
     @staticmethod
     def _stamp(
@@ -327,23 +381,6 @@ class Gate:
                 fields[name] = value
             else:
                 problems.append(problem)
-
-    def _finish(
-        self,
-        envelope: Envelope | None,
-        outcome: Outcome,
-        trace_id: str,
-        hop: str,
-        unit: str,
-        missing: tuple[str, ...],
-        problems: list[Problem],
-    ) -> Entry:
-        entry = Entry(envelope, outcome, trace_id, hop, unit, missing, tuple(problems))
-        if outcome != "attributed" or problems:
-            self._report(entry)
-        if events.get_sink() is not None:
-            events.emit(_hop_event(entry))
-        return entry
 
     def _report(self, entry: Entry) -> None:
         events.count(f"{entry.hop}_{entry.outcome}")
