@@ -29,7 +29,13 @@ KEY = b"benchmark-hash-key-0123456789"
 
 
 async def bare_asgi(scope: Any, receive: Any, send: Any) -> None:
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain")],
+        }
+    )
     await send({"type": "http.response.body", "body": b"ok"})
 
 
@@ -97,10 +103,22 @@ def make_scopes(n: int, unique_baggage: bool) -> list[dict[str, Any]]:
             (b"traceparent", traceparent()),
             (b"baggage", baggage),
         ]
-        scopes.append({"type": "http", "method": "GET", "path": "/v1/summarize", "raw_path": b"/v1/summarize",
-                       "query_string": b"", "headers": headers, "scheme": "http", "http_version": "1.1",
-                       "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5000), "root_path": "",
-                       "asgi": {"version": "3.0"}})
+        scopes.append(
+            {
+                "type": "http",
+                "method": "GET",
+                "path": "/v1/summarize",
+                "raw_path": b"/v1/summarize",
+                "query_string": b"",
+                "headers": headers,
+                "scheme": "http",
+                "http_version": "1.1",
+                "server": ("127.0.0.1", 8000),
+                "client": ("127.0.0.1", 5000),
+                "root_path": "",
+                "asgi": {"version": "3.0"},
+            }
+        )
     return scopes
 
 
@@ -126,12 +144,20 @@ def run_asgi(rounds: int, n: int) -> dict[str, float]:
 def run_wsgi(rounds: int, n: int) -> dict[str, float]:
     baggage = full_envelope_baggage(with_trace_id=False)
     environs = [
-        {"REQUEST_METHOD": "GET", "PATH_INFO": "/v1/summarize", "HTTP_HOST": "api.example.com",
-         "HTTP_TRACEPARENT": traceparent().decode(), "HTTP_BAGGAGE": baggage}
+        {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/v1/summarize",
+            "HTTP_HOST": "api.example.com",
+            "HTTP_TRACEPARENT": traceparent().decode(),
+            "HTTP_BAGGAGE": baggage,
+        }
         for _ in range(n)
     ]
     policy = Policy(mode="enforce", required=("owner_team", "workflow_id", "feature", "tenant"))
-    cases = {"bare app": bare_wsgi, "ownership_ctx": OwnershipWSGIMiddleware(bare_wsgi, policy=policy, keys=Keys())}
+    cases = {
+        "bare app": bare_wsgi,
+        "ownership_ctx": OwnershipWSGIMiddleware(bare_wsgi, policy=policy, keys=Keys()),
+    }
 
     def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
         return None
@@ -166,13 +192,38 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'case':<46}{'µs/request':>12}{'added µs':>10}{'ours / this':>13}")
     for name, value in asgi.items():
         added = value - bare
-        ratio = f"{ours / added:.3f}" if name not in ("bare app",) and not name.startswith("ownership_ctx") else ""
+        ratio = (
+            f"{ours / added:.3f}"
+            if name not in ("bare app",) and not name.startswith("ownership_ctx")
+            else ""
+        )
         print(f"{name:<46}{value:>12.2f}{added:>10.2f}{ratio:>13}")
-        results.append({"case": f"asgi/{name}", "metric": "time_per_request", "value": round(value, 3), "unit": "us"})
+        results.append(
+            {
+                "case": f"asgi/{name}",
+                "metric": "time_per_request",
+                "value": round(value, 3),
+                "unit": "us",
+            }
+        )
         if name != "bare app":
-            results.append({"case": f"asgi/{name}", "metric": "added_per_request", "value": round(added, 3), "unit": "us"})
+            results.append(
+                {
+                    "case": f"asgi/{name}",
+                    "metric": "added_per_request",
+                    "value": round(added, 3),
+                    "unit": "us",
+                }
+            )
         if ratio:
-            results.append({"case": f"asgi/ownership_ctx vs {name}", "metric": "added_ratio", "value": float(ratio), "unit": "ratio"})
+            results.append(
+                {
+                    "case": f"asgi/ownership_ctx vs {name}",
+                    "metric": "added_ratio",
+                    "value": float(ratio),
+                    "unit": "ratio",
+                }
+            )
     print("goal: ours / asgi-correlation-id <= 0.5, ours / opentelemetry-asgi < 0.033\n")
 
     wsgi = run_wsgi(rounds, n)
@@ -181,8 +232,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'case':<46}{'µs/request':>12}{'added µs':>10}{'ratio to bare':>13}")
     for name, value in wsgi.items():
         print(f"{name:<46}{value:>12.2f}{value - wbare:>10.2f}{value / wbare:>13.2f}")
-        results.append({"case": f"wsgi/{name}", "metric": "time_per_request", "value": round(value, 3), "unit": "us"})
-    results.append({"case": "wsgi/ownership_ctx", "metric": "added_per_request", "value": round(wsgi["ownership_ctx"] - wbare, 3), "unit": "us"})
+        results.append(
+            {
+                "case": f"wsgi/{name}",
+                "metric": "time_per_request",
+                "value": round(value, 3),
+                "unit": "us",
+            }
+        )
+    results.append(
+        {
+            "case": "wsgi/ownership_ctx",
+            "metric": "added_per_request",
+            "value": round(wsgi["ownership_ctx"] - wbare, 3),
+            "unit": "us",
+        }
+    )
 
     if args.json:
         with open(args.json, "w") as handle:

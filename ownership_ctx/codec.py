@@ -222,7 +222,7 @@ def _parse(text: str) -> Parsed:
                 problems.append(problem)
         elif key == "attribution":
             if value in ATTRIBUTIONS:
-                attribution = value  # type: ignore[assignment]
+                attribution = value
             else:
                 problems.append(Problem("invalid", "attribution", f"must be one of {ATTRIBUTIONS}"))
         elif key.startswith("x."):
@@ -285,7 +285,9 @@ def encode_header(envelope: Envelope, keys: Keys | None = None) -> str:
     return text
 
 
-def decode_header(value: str | None, keys: Keys | None = None) -> tuple[Envelope | None, tuple[Problem, ...]]:
+def decode_header(
+    value: str | None, keys: Keys | None = None
+) -> tuple[Envelope | None, tuple[Problem, ...]]:
     """Read an envelope from a queue header value. Never raises."""
     return _to_envelope(parse(value or ""), None, keys)
 
@@ -306,7 +308,10 @@ def encode(
     foreign = [m for m in existing.split(",") if m.strip() and not m.strip().startswith(PREFIX)]
     merged = ",".join([*foreign, ours])
     count = len(foreign) + ours.count(",") + 1
-    if count > MAX_BAGGAGE_ENTRIES or len(merged.encode("utf-8", "surrogatepass")) > MAX_BAGGAGE_BYTES:
+    if (
+        count > MAX_BAGGAGE_ENTRIES
+        or len(merged.encode("utf-8", "surrogatepass")) > MAX_BAGGAGE_BYTES
+    ):
         return (Problem("baggage_full", None, "no room within the W3C baggage limits"),)
     carrier[BAGGAGE_HEADER] = merged
     return ()
@@ -330,9 +335,14 @@ def _to_envelope(
     if not parsed.present:
         return None, parsed.problems
     problems = parsed.problems
-    if parsed.signature is not None and keys is not None and keys.signing_keys:
-        if not keys.verify(dict(parsed.entries), parsed.signature):
-            return None, (*problems, Problem("bad_signature", "sig", "signature does not verify"))
+    signature = parsed.signature
+    if (
+        signature is not None
+        and keys is not None
+        and keys.signing_keys
+        and not keys.verify(dict(parsed.entries), signature)
+    ):
+        return None, (*problems, Problem("bad_signature", "sig", "signature does not verify"))
     trace_id = parsed.fields.get("trace_id", fallback_trace_id)
     if trace_id is None:
         return None, (*problems, Problem("missing", "trace_id", "no trace id in the carrier"))

@@ -119,7 +119,7 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
     ``loop.run_in_executor(None, fn)`` sees the envelope too.
     """
 
-    def submit(  # type: ignore[override]
+    def submit(
         self, fn: Callable[..., R], /, *args: Any, **kwargs: Any
     ) -> Future[R]:
         return super().submit(contextvars.copy_context().run, fn, *args, **kwargs)

@@ -152,7 +152,7 @@ class Envelope(_EnvelopeFields):
         pairs = tuple(sorted((str(k), str(v)) for k, v in items))
         values = (trace_id, owner_team, workflow_id, feature, tenant, user)
         problems = []
-        for name, value in zip(FIELDS, values):
+        for name, value in zip(FIELDS, values, strict=True):
             if value is None and name != "trace_id":
                 continue
             if not isinstance(value, str):

@@ -31,12 +31,11 @@ from .codec import (
 from .context import _envelope
 from .envelope import (
     ATTRIBUTIONS,
-    _assemble,
     HASHED_FIELDS,
     Attribution,
     Envelope,
     Problem,
-    check_extra,
+    _assemble,
     check_field,
 )
 from .hashing import Keys
@@ -165,7 +164,7 @@ class Entry:
 class Gate:
     """Policy and keys applied at one kind of boundary. Build one per adapter instance."""
 
-    __slots__ = ("policy", "keys", "_decisions", "_edge_headers", "_edge_names", "_extra_keys")
+    __slots__ = ("_decisions", "_edge_headers", "_edge_names", "_extra_keys", "keys", "policy")
 
     def __init__(self, policy: Policy | None = None, keys: Keys | None = None) -> None:
         self.policy = policy if policy is not None else Policy()
@@ -319,13 +318,17 @@ class Gate:
     ) -> tuple[bool, Problem | None]:
         trust = self.policy.trust
         if trust == "none":
-            return False, Problem("untrusted", None, "incoming envelopes are not used here", "ignored")
+            return False, Problem(
+                "untrusted", None, "incoming envelopes are not used here", "ignored"
+            )
         if signature is not None and self.keys.signing_keys:
             if not self.keys.verify(dict(entries), signature):
                 return False, Problem("bad_signature", "sig", "signature does not verify")
             return True, None
         if trust == "signed":
-            return False, Problem("unsigned", None, "only signed envelopes are trusted here", "ignored")
+            return False, Problem(
+                "unsigned", None, "only signed envelopes are trusted here", "ignored"
+            )
         return True, None
 
     def _read_edge_headers(
@@ -343,7 +346,9 @@ class Gate:
             if name in HASHED_FIELDS and check_field(name, value) is not None:
                 if not value or len(value) > _MAX_RAW_ID or not value.isprintable():
                     problems.append(
-                        Problem("invalid", name, f"raw id must be 1-{_MAX_RAW_ID} printable characters")
+                        Problem(
+                            "invalid", name, f"raw id must be 1-{_MAX_RAW_ID} printable characters"
+                        )
                     )
                     continue
                 value = self.keys.hash(value)
@@ -374,8 +379,10 @@ class Gate:
                     problems.append(Problem("raw_identifier", name, "no hash key to hash it"))
                     continue
                 value = self.keys.hash(str(value))
-            problem = check_field(name, value) if name != "trace_id" else Problem(
-                "invalid", "trace_id", "a resolver cannot set the trace id"
+            problem = (
+                check_field(name, value)
+                if name != "trace_id"
+                else Problem("invalid", "trace_id", "a resolver cannot set the trace id")
             )
             if problem is None:
                 fields[name] = value

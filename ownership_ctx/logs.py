@@ -32,9 +32,7 @@ class _Fields:
         return {prefix + rename.get(k, k): v for k, v in envelope.as_dict().items()}
 
 
-def ownership_processor(
-    rename: Mapping[str, str] | None = None, prefix: str = ""
-) -> Any:
+def ownership_processor(rename: Mapping[str, str] | None = None, prefix: str = "") -> Any:
     """A structlog processor adding the envelope; ``rename`` maps field names to keys.
 
     ``add_ownership`` is this with the default names.
