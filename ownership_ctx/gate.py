@@ -71,6 +71,7 @@ class _Decision(NamedTuple):
     missing: tuple[str, ...]
     problems: tuple[Problem, ...]
     trace_id: str | None  # from the envelope itself, when it carried a valid one
+    trusts_envelope: bool  # whether a trace id cut out of this carrier may be used
 
 
 class Entry:
@@ -214,6 +215,8 @@ class Gate:
                 if len(self._decisions) >= _DECISION_CACHE_SIZE:
                     self._decisions.clear()
                 self._decisions[key] = decision
+            if not decision.trusts_envelope:
+                trace_id = None
         if trace_id is None:
             trace_id = decision.trace_id
         if trace_id is None:
@@ -246,6 +249,9 @@ class Gate:
         incoming: Attribution = "attributed"
 
         parsed = parse(text)
+        # A carrier whose only ownership entry was the (cut out) trace id: unsigned, so it is
+        # believed exactly when unsigned envelopes are.
+        trusted = policy.trust == "all"
         if parsed.present:
             trusted, problem = self._trust(parsed.entries, parsed.signature)
             if problem is not None:
@@ -274,12 +280,12 @@ class Gate:
         missing = tuple(name for name in unit_policy.required if name not in fields)
         invalid = any(p.severity == "invalid" for p in problems)
         if (missing or invalid) and mode == "enforce":
-            return _Decision(None, "rejected", missing, tuple(problems), trace_id)
+            return _Decision(None, "rejected", missing, tuple(problems), trace_id, trusted)
         if missing or (invalid and mode != "stamp"):
             local = "quarantined"
         attribution = incoming if _RANK[incoming] >= _RANK[local] else local
         template = _assemble(_NO_TRACE_ID, fields, extras, attribution)
-        return _Decision(template, attribution, missing, tuple(problems), trace_id)
+        return _Decision(template, attribution, missing, tuple(problems), trace_id, trusted)
 
     @staticmethod
     def _stamp(
