@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from contextvars import Token
 from types import TracebackType
 from typing import Any, Final, Literal, NamedTuple
@@ -41,7 +41,16 @@ from .envelope import (
 from .hashing import Keys
 from .policy import Inbound, Policy
 
-__all__ = ["BAGGAGE_HEADER", "PROBLEM_CONTENT_TYPE", "QUEUE_HEADER", "Entry", "Gate", "Outcome"]
+__all__ = [
+    "set_enter_hook",
+    "set_trace_id_source",
+    "BAGGAGE_HEADER",
+    "PROBLEM_CONTENT_TYPE",
+    "QUEUE_HEADER",
+    "Entry",
+    "Gate",
+    "Outcome",
+]
 
 PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
 
@@ -52,6 +61,55 @@ _RANK: Final = {name: rank for rank, name in enumerate(ATTRIBUTIONS)}
 _MAX_RAW_ID: Final = 256  # longer raw ids at the edge are refused rather than hashed
 _DECISION_CACHE_SIZE: Final = 2048
 _NO_TRACE_ID: Final = "0" * 32  # placeholder in cached templates; replaced before binding
+
+
+TraceIdSource = Callable[[], "str | None"]
+_trace_id_source: TraceIdSource | None = None
+
+
+def set_trace_id_source(source: TraceIdSource | None) -> TraceIdSource | None:
+    """Where a minted trace id comes from first: e.g. the active OpenTelemetry span, so that a
+    unit of work that arrives with no trace id joins the trace a tracer already started.
+    ``source`` returns 32 lowercase hex or ``None``; anything invalid is ignored. Returns the
+    previous source.
+    """
+    global _trace_id_source
+    previous, _trace_id_source = _trace_id_source, source
+    return previous
+
+
+EnterHook = Callable[["Entry"], None]
+_enter_hook: EnterHook | None = None
+
+
+def set_enter_hook(hook: EnterHook | None) -> EnterHook | None:
+    """Call ``hook(entry)`` each time a unit of work is admitted, after its envelope is bound
+    (e.g. to annotate the span a tracer already started for it). Errors in the hook are counted
+    and never reach the host. Returns the previous hook.
+    """
+    global _enter_hook
+    previous, _enter_hook = _enter_hook, hook
+    return previous
+
+
+def _run_enter_hook(entry: Entry) -> None:
+    try:
+        _enter_hook(entry)  # type: ignore[misc]
+    except Exception:
+        events.count("enter_hook_errors")
+
+
+def _mint_trace_id() -> str:
+    source = _trace_id_source
+    if source is not None:
+        try:
+            trace_id = source()
+        except Exception:
+            events.count("trace_id_source_errors")
+            trace_id = None
+        if trace_id is not None and check_field("trace_id", trace_id) is None:
+            return trace_id
+    return new_trace_id()
 
 
 def _with_trace_id(template: Envelope, trace_id: str) -> Envelope:
@@ -222,10 +280,12 @@ class Gate:
         if trace_id is None:
             trace_id = trace_id_from_traceparent(carrier.get(TRACEPARENT_HEADER))
             if trace_id is None:
-                trace_id = new_trace_id()
+                trace_id = _mint_trace_id()
         template = decision.template
         envelope = None if template is None else _with_trace_id(template, trace_id)
         entry = Entry(envelope, decision, trace_id, hop, unit)
+        if _enter_hook is not None:
+            _run_enter_hook(entry)
         if decision.outcome != "attributed" or decision.problems:
             self._report(entry)
         if events._sink is not None:
@@ -313,7 +373,7 @@ class Gate:
         """
         envelope = _envelope.get()
         if envelope is None:
-            envelope = Envelope(trace_id=new_trace_id(), attribution="unattributed")
+            envelope = Envelope(trace_id=_mint_trace_id(), attribution="unattributed")
         if header == BAGGAGE_HEADER:
             return envelope, encode(envelope, carrier, self.keys)
         carrier[header] = encode_header(envelope, self.keys)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import os
 import re
 from collections.abc import Callable, Mapping
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from .envelope import OWNERSHIP_FIELDS, Problem, check_extra, check_field
 
@@ -173,6 +174,23 @@ class Policy:
             )
             patterns.append((re.compile(fnmatch.translate(rule.pattern)), unit))
         object.__setattr__(self, "_patterns", tuple(patterns))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Policy:
+        """A policy from ``OWNERSHIP_CTX_MODE``, ``OWNERSHIP_CTX_REQUIRED`` (comma-separated
+        field names; empty for none) and ``OWNERSHIP_CTX_TRUST``: for integrations enabled
+        without code, such as ``opentelemetry-instrument``.
+        """
+        env = os.environ if environ is None else environ
+        kwargs: dict[str, Any] = {}
+        if "OWNERSHIP_CTX_MODE" in env:
+            kwargs["mode"] = env["OWNERSHIP_CTX_MODE"].strip()
+        if "OWNERSHIP_CTX_REQUIRED" in env:
+            names = env["OWNERSHIP_CTX_REQUIRED"].split(",")
+            kwargs["required"] = tuple(n.strip() for n in names if n.strip())
+        if "OWNERSHIP_CTX_TRUST" in env:
+            kwargs["trust"] = env["OWNERSHIP_CTX_TRUST"].strip()
+        return cls(**kwargs)
 
     def for_unit(self, unit: str) -> UnitPolicy:
         """The settings that apply to ``unit`` (cached; bounded for unbounded path spaces)."""
