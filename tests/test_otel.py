@@ -198,7 +198,8 @@ async def handler(request):
 
 app = Starlette(routes=[Route("/", handler)])  # no ownership_ctx code: instrumented from outside
 response = TestClient(app).get("/", headers={"x-owner-team": "search"})
-print(json.dumps({"status": response.status_code, "trace_header": response.headers.get("x-trace-id"), **response.json()}))
+trace_header = response.headers.get("x-trace-id")
+print(json.dumps({"status": response.status_code, "trace_header": trace_header, **response.json()}))
 """
 
 
