@@ -120,6 +120,10 @@ def trace_id_from_traceparent(value: str | None) -> str | None:
 
 _TRACE_ENTRY: Final = PREFIX + "trace_id="
 _SIGNATURE_ENTRY: Final = PREFIX + "sig="
+# A version entry other than a plain ``v=1``: the parser then drops the whole envelope.
+_ODD_VERSION = re.compile(r"(?:^|,)\s*ownership\.v\s*=(?!1(?:,|$))")
+# Within this many characters a header is under every W3C byte limit, whatever it holds.
+_SPLIT_MAX_CHARS: Final = 2048
 
 
 def split_trace_id(text: str) -> tuple[str | None, str]:
@@ -130,6 +134,10 @@ def split_trace_id(text: str) -> tuple[str | None, str]:
     the trace id never does. Anything unusual (a signature, which covers the trace id; a
     duplicate; odd spacing) is left in place for the full parser to judge.
     """
+    if len(text) > _SPLIT_MAX_CHARS or text.count(",") >= MAX_BAGGAGE_ENTRIES - 1:
+        # Near the W3C limits the header may be dropped whole, or entries past the 180th
+        # skipped: cutting an entry out would change that verdict.
+        return None, text
     start = text.find(_TRACE_ENTRY)
     if start < 0 or (start > 0 and text[start - 1] != ","):
         return None, text
@@ -141,7 +149,7 @@ def split_trace_id(text: str) -> tuple[str | None, str]:
     if _TRACE_ID.fullmatch(trace_id) is None or trace_id == "0" * 32:
         return None, text
     rest = text[:start] + text[end + 1 :] if end < len(text) else text[: max(start - 1, 0)]
-    if _TRACE_ENTRY in rest or _SIGNATURE_ENTRY in rest:
+    if _TRACE_ENTRY in rest or _SIGNATURE_ENTRY in rest or _ODD_VERSION.search(rest):
         return None, text
     return trace_id, rest
 
@@ -276,8 +284,14 @@ def encode_header(envelope: Envelope, keys: Keys | None = None) -> str:
     """The envelope as one header value (ownership entries only), signed when keys can sign.
 
     Field values are tokens of the contract, all legal in baggage values, so nothing needs
-    percent-encoding.
+    percent-encoding. Cached: a unit of work usually makes several outbound calls with one
+    envelope, and signing costs more than the rest of the call.
     """
+    return _encode_header_cached(envelope, keys)
+
+
+@functools.lru_cache(maxsize=512)
+def _encode_header_cached(envelope: Envelope, keys: Keys | None) -> str:
     entries = entries_of(envelope)
     text = ",".join(f"{PREFIX}{k}={v}" for k, v in entries.items())
     if keys is not None and keys.signing_keys:
