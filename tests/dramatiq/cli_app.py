@@ -11,8 +11,14 @@ import os
 
 import dramatiq
 
-from tests.dramatiq.app import LogToRecorder, Recorder, declare, install, make_broker
-from tests.dramatiq.app import make_rate_limiter
+from tests.dramatiq.app import (
+    LogToRecorder,
+    Recorder,
+    declare,
+    install,
+    make_broker,
+    make_rate_limiter,
+)
 
 recorder = Recorder(os.environ["OC_RECORD_URL"])
 log_key = os.environ["OC_LOG_KEY"]

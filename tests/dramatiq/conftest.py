@@ -118,7 +118,8 @@ def _start_cli(dep: Deployment, broker_url: str, record_url: str) -> None:
     try:
         dep.recorder.wait(rec, 1, timeout=60)
     except AssertionError:
-        raise AssertionError(f"dramatiq worker did not start; see {log}:\n{log.read_text()}")
+        message = f"dramatiq worker did not start; see {log}:\n{log.read_text()}"
+        raise AssertionError(message) from None
 
 
 def _cleanup_broker(kind: str, broker: Broker, queue: str, recorder: Recorder) -> None:
