@@ -9,9 +9,11 @@ tasks the handler spawns. It is reset when the application returns. Lifespan pas
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from . import events
 from .codec import BAGGAGE_HEADER, TRACEPARENT_HEADER
 from .gate import PROBLEM_CONTENT_TYPE, Entry, Gate
 from .hashing import Keys
@@ -66,6 +68,9 @@ class OwnershipMiddleware:
                 # merges, a repeated first-party header becomes an invalid value.
                 carrier[key] = f"{carrier[key]},{text}" if key in carrier else text
         entry = self.gate.enter(carrier, hop="http", unit=scope["path"], edge=True, native=scope)
+        if events.get_sink() is not None:
+            await self._call_recorded(scope, receive, send, entry)
+            return
         try:
             if entry.envelope is None:
                 await self._reject(scope, receive, send, entry)
@@ -75,6 +80,34 @@ class OwnershipMiddleware:
                 await self.app(scope, receive, self._echo_trace(send, entry.trace_id))
         finally:
             entry.close()
+
+    async def _call_recorded(
+        self, scope: Scope, receive: Receive, send: Send, entry: Entry
+    ) -> None:
+        """The same, and a request event (status, latency) when the unit ends."""
+        started = time.perf_counter()
+        status: list[int] = []
+        echo = self._echo_trace(send, entry.trace_id) if self._trace_header else send
+
+        async def send_recording(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await echo(message)
+
+        try:
+            if entry.envelope is None:
+                await self._reject(scope, receive, send_recording, entry)
+            else:
+                await self.app(scope, receive, send_recording)
+        finally:
+            entry.close()
+            events.emit(
+                entry.request_event(
+                    scope.get("method", "WEBSOCKET"),
+                    status[0] if status else None,
+                    (time.perf_counter() - started) * 1000,
+                )
+            )
 
     def _echo_trace(self, send: Send, trace_id: str) -> Send:
         trace = (self._trace_header, trace_id.encode("ascii"))
@@ -100,7 +133,8 @@ class OwnershipMiddleware:
         body = entry.problem_body()
         if scope["type"] == "http":
             start = {"type": "http.response.start", "status": 400}
-            await send({**start, "headers": self._headers(entry, body)})
+            headers = self._headers(entry, body)
+            await send({**start, "headers": headers})
             await send({"type": "http.response.body", "body": body})
             return
         await receive()  # websocket.connect

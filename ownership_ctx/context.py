@@ -119,7 +119,5 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
     ``loop.run_in_executor(None, fn)`` sees the envelope too.
     """
 
-    def submit(
-        self, fn: Callable[..., R], /, *args: Any, **kwargs: Any
-    ) -> Future[R]:
+    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
         return super().submit(contextvars.copy_context().run, fn, *args, **kwargs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -49,11 +50,14 @@ def count(name: str, n: int = 1) -> None:
 
 
 def emit(event: dict[str, Any]) -> None:
-    """Hand ``event`` to the sink, stamped with ``ts`` (epoch seconds) when it has none."""
+    """Hand ``event`` to the sink, stamped with a unique ``event_id`` and ``ts`` (epoch
+    seconds) when it has none: ids make replays idempotent downstream."""
     global _warned_sink_error
     sink = _sink
     if sink is None:
         return
+    if "event_id" not in event:
+        event["event_id"] = uuid.uuid4().hex
     event.setdefault("ts", time.time())
     try:
         sink.emit(event)

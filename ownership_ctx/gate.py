@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping, MutableMapping
 from contextvars import Token
 from types import TracebackType
@@ -31,7 +32,9 @@ from .codec import (
 from .context import _envelope
 from .envelope import (
     ATTRIBUTIONS,
+    FIELDS,
     HASHED_FIELDS,
+    OWNERSHIP_FIELDS,
     Attribution,
     Envelope,
     Problem,
@@ -195,6 +198,19 @@ class Entry:
             "trace_id": self.trace_id,
         }
         return json.dumps(document).encode()
+
+    def request_event(self, method: str, status: int | None, latency_ms: float) -> dict[str, Any]:
+        """The ``request`` event of an edge unit (the parent of its provider calls)."""
+        event = _hop_event(self)
+        event.update(
+            kind="request",
+            ts=time.time() - latency_ms / 1000,
+            route=self.unit,
+            method=method,
+            status=status,
+            latency_ms=round(latency_ms, 3),
+        )
+        return event
 
     def close(self) -> None:
         """Unbind the envelope. Idempotent; safe to call from the code that entered."""
@@ -482,6 +498,12 @@ def _hop_event(entry: Entry) -> dict[str, Any]:
         "outcome": entry.outcome,
         "trace_id": entry.trace_id,
         "missing": list(entry.missing),
+        "fields_present": [
+            n for n in OWNERSHIP_FIELDS if envelope is not None and envelope[_INDEX[n]]
+        ],
         "problems": [f"{p.field or '-'}:{p.code}" for p in entry.problems],
         **(envelope.as_dict() if envelope is not None else {}),
     }
+
+
+_INDEX: Final = {name: index for index, name in enumerate(FIELDS)}

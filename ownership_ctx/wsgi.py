@@ -11,12 +11,14 @@ the same worker thread serves, whatever the server does with ``close()``.
 from __future__ import annotations
 
 import contextvars
+import time
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Protocol
 
+from . import events
 from .codec import BAGGAGE_HEADER, TRACEPARENT_HEADER
-from .gate import PROBLEM_CONTENT_TYPE, Gate
+from .gate import PROBLEM_CONTENT_TYPE, Entry, Gate
 from .hashing import Keys
 from .policy import Policy
 
@@ -73,6 +75,7 @@ class OwnershipWSGIMiddleware:
             native=environ,
         )
         trace = [(self._trace_header, entry.trace_id)] if self._trace_header else []
+        recorder = _Recorder(entry, environ) if events.get_sink() is not None else None
         if entry.envelope is None:
             body = entry.problem_body()
             start_response(
@@ -83,25 +86,50 @@ class OwnershipWSGIMiddleware:
                     *trace,
                 ],
             )
+            if recorder is not None:
+                recorder.status = 400
+                recorder.finish()
             return [body]
 
         def start_with_trace(
             status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None, /
         ) -> Callable[[bytes], object]:
+            if recorder is not None:
+                recorder.status = int(status[:3]) if status[:3].isdigit() else None
             return start_response(status, [*headers, *trace], exc_info)
 
-        result = context.run(self.app, environ, start_with_trace if trace else start_response)
-        return _InContext(result, context)
+        if not trace and recorder is None:
+            return _InContext(context.run(self.app, environ, start_response), context, None)
+        return _InContext(context.run(self.app, environ, start_with_trace), context, recorder)
+
+
+class _Recorder:
+    """Collects a request's status and latency for its request event (when a sink is set)."""
+
+    __slots__ = ("entry", "method", "started", "status")
+
+    def __init__(self, entry: Entry, environ: Environ) -> None:
+        self.entry = entry
+        self.method = str(environ.get("REQUEST_METHOD", ""))
+        self.started = time.perf_counter()
+        self.status: int | None = None
+
+    def finish(self) -> None:
+        latency_ms = (time.perf_counter() - self.started) * 1000
+        events.emit(self.entry.request_event(self.method, self.status, latency_ms))
 
 
 class _InContext:
     """A response iterable whose every step runs in the request's context."""
 
-    __slots__ = ("_context", "_iterator", "_result")
+    __slots__ = ("_context", "_iterator", "_recorder", "_result")
 
-    def __init__(self, result: Iterable[bytes], context: contextvars.Context) -> None:
+    def __init__(
+        self, result: Iterable[bytes], context: contextvars.Context, recorder: _Recorder | None
+    ) -> None:
         self._result = result
         self._context = context
+        self._recorder = recorder
         self._iterator: Iterator[bytes] | None = None
 
     def __iter__(self) -> Iterator[bytes]:
@@ -110,9 +138,21 @@ class _InContext:
     def __next__(self) -> bytes:
         if self._iterator is None:
             self._iterator = self._context.run(iter, self._result)
-        return self._context.run(next, self._iterator)
+        try:
+            return self._context.run(next, self._iterator)
+        except StopIteration:
+            self._finish()  # the body is complete; some servers never call close()
+            raise
+
+    def _finish(self) -> None:
+        recorder, self._recorder = self._recorder, None
+        if recorder is not None:
+            recorder.finish()
 
     def close(self) -> None:
         close = getattr(self._result, "close", None)
-        if close is not None:
-            self._context.run(close)
+        try:
+            if close is not None:
+                self._context.run(close)
+        finally:
+            self._finish()
