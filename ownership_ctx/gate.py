@@ -63,6 +63,7 @@ Outcome = Literal["attributed", "stamped", "quarantined", "unattributed", "rejec
 _RANK: Final = {name: rank for rank, name in enumerate(ATTRIBUTIONS)}
 _MAX_RAW_ID: Final = 256  # longer raw ids at the edge are refused rather than hashed
 _DECISION_CACHE_SIZE: Final = 2048
+_CACHEABLE_CHARS: Final = 2048  # so the cache stays under ~4 MiB of keys
 _NO_TRACE_ID: Final = "0" * 32  # placeholder in cached templates; replaced before binding
 
 
@@ -280,15 +281,18 @@ class Gate:
         else:
             # Without a resolver the decision depends on these inputs alone, so it is cached.
             # The envelope's own trace id is cut out of the key: it changes on every request.
+            # The unit enters as its settings: /users/1 and /users/2 share a decision.
             trace_id, rest = split_trace_id(text)
             edge_values = tuple(map(carrier.get, self._edge_names)) if edge else ()
-            key = (unit, rest, edge_values)
+            key = (id(self.policy.for_unit(unit)), rest, edge_values)
             decision = self._decisions.get(key)  # type: ignore[assignment]
             if decision is None:
                 decision = self._decide(rest, carrier, hop, unit, edge, native)
-                if len(self._decisions) >= _DECISION_CACHE_SIZE:
-                    self._decisions.clear()
-                self._decisions[key] = decision
+                size = len(rest) + sum(len(v) for v in edge_values if v is not None)
+                if size <= _CACHEABLE_CHARS:  # hostile giant headers are judged, not kept
+                    if len(self._decisions) >= _DECISION_CACHE_SIZE:
+                        self._decisions.clear()
+                    self._decisions[key] = decision
             if not decision.trusts_envelope:
                 trace_id = None
         if trace_id is None:

@@ -148,6 +148,9 @@ class Policy:
     _patterns: tuple[tuple[re.Pattern[str], UnitPolicy], ...] = dataclasses.field(
         default=(), init=False, repr=False, compare=False
     )
+    _default: UnitPolicy | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.mode not in _MODES:
@@ -174,6 +177,8 @@ class Policy:
             )
             patterns.append((re.compile(fnmatch.translate(rule.pattern)), unit))
         object.__setattr__(self, "_patterns", tuple(patterns))
+        default = UnitPolicy(mode=self.mode, required=self.required, defaults=self.defaults)
+        object.__setattr__(self, "_default", default)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Policy:
@@ -193,7 +198,10 @@ class Policy:
         return cls(**kwargs)
 
     def for_unit(self, unit: str) -> UnitPolicy:
-        """The settings that apply to ``unit`` (cached; bounded for unbounded path spaces)."""
+        """The settings that apply to ``unit`` (cached; bounded for unbounded path spaces).
+
+        Units with the same settings get the same `UnitPolicy` object.
+        """
         resolved = self._units.get(unit)
         if resolved is None:
             resolved = self._resolve(unit)
@@ -206,4 +214,5 @@ class Policy:
         for pattern, resolved in self._patterns:
             if pattern.match(unit):
                 return resolved
-        return UnitPolicy(mode=self.mode, required=self.required, defaults=self.defaults)
+        assert self._default is not None
+        return self._default
