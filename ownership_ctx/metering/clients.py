@@ -1,0 +1,173 @@
+"""`instrument(client)`: one call meters an official SDK client, sync or async.
+
+- OpenAI / Anthropic (``OpenAI``, ``AsyncOpenAI``, ``AzureOpenAI``, ``Anthropic``, ...): their
+  httpx client's transports are wrapped, and the client's ``request`` method (the SDK's retry
+  loop) opens a call scope so that retries share a ``call_id``. ``with_options``/``copy``
+  return instrumented copies.
+- Google Gen AI (``genai.Client``, including ``client.aio``): the sync and async httpx
+  clients' transports, and the retry wrapper (``_request``) for the call scope.
+- boto3 ``bedrock-runtime``: botocore event hooks (see `bedrock`).
+
+The SDK is recognized by its module name: nothing here imports an SDK. Instrumenting twice is
+harmless. Instrumentation mutates the client in place and returns it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from typing import Any, TypeVar
+
+from .recorder import failed, open_scope, scoped
+
+__all__ = ["instrument", "instrument_httpx"]
+
+C = TypeVar("C")
+_MARK = "_ownership_ctx_metered"
+
+
+def _roots(client: Any) -> set[str]:
+    return {cls.__module__.split(".")[0] for cls in type(client).__mro__}
+
+
+def instrument(client: C, *, provider: str | None = None) -> C:
+    """Meter every provider call ``client`` makes; returns ``client`` itself.
+
+    ``provider`` names the provider in events (default from the SDK: ``openai``,
+    ``anthropic``, ``gcp.gemini``, ``aws.bedrock``); set it for OpenAI-compatible gateways.
+    Raises ``TypeError`` for a client it does not know (a setup error, not a runtime one).
+    """
+    roots = _roots(client)
+    if "openai" in roots:
+        _stainless(client, provider or _openai_provider(client))
+    elif "anthropic" in roots:
+        _stainless(client, provider or "anthropic")
+    elif "google" in roots and hasattr(client, "_api_client"):
+        _gemini(client, provider or "gcp.gemini")
+    elif "botocore" in roots:
+        from .bedrock import instrument_bedrock
+
+        instrument_bedrock(client, provider or "aws.bedrock")
+    else:
+        raise TypeError(f"ownership_ctx.metering cannot instrument {type(client).__name__}")
+    return client
+
+
+def _openai_provider(client: Any) -> str:
+    return "azure.ai.openai" if "Azure" in type(client).__name__ else "openai"
+
+
+def instrument_httpx(http_client: C, *, provider: str) -> C:
+    """Meter an ``httpx``/``httpx2`` ``Client`` or ``AsyncClient`` directly (OpenAI-compatible
+    gateways, hand-written calls). Each attempt is its own call unless made inside an
+    instrumented SDK call."""
+    if getattr(http_client, _MARK, False):
+        return http_client
+    name = next(
+        (
+            cls.__module__.split(".")[0]
+            for cls in type(http_client).__mro__
+            if cls.__module__.split(".")[0] in ("httpx", "httpx2")
+        ),
+        None,
+    )
+    if name is None:
+        raise TypeError(f"{type(http_client).__name__} is not an httpx / httpx2 client")
+    module = importlib.import_module(name)
+    sync_cls, async_cls = _transport_classes(module)
+    wrapper = async_cls if isinstance(http_client, module.AsyncClient) else sync_cls
+    hc: Any = http_client
+    hc._transport = wrapper(hc._transport, provider)
+    # Proxy mounts route some URLs around _transport: wrap those too.
+    hc._mounts = {
+        pattern: (wrapper(t, provider) if t is not None else None)
+        for pattern, t in hc._mounts.items()
+    }
+    setattr(hc, _MARK, True)
+    return http_client
+
+
+def _transport_classes(module: Any) -> tuple[type[Any], type[Any]]:
+    from .transport import classes_for
+
+    return classes_for(module)
+
+
+def _model_of(options: Any) -> str | None:
+    data = getattr(options, "json_data", None)
+    model = data.get("model") if isinstance(data, dict) else None
+    return model if isinstance(model, str) else None
+
+
+def _stainless(client: Any, provider: str) -> None:
+    if getattr(client, _MARK, False):
+        return
+    instrument_httpx(client._client, provider=provider)
+    original = client.request
+    if _is_async(original):
+
+        @functools.wraps(original)
+        async def arequest(cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
+            with scoped(_scope_for(options)):
+                return await original(cast_to, options, *args, **kwargs)
+
+        client.request = arequest
+    else:
+
+        @functools.wraps(original)
+        def request(cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
+            with scoped(_scope_for(options)):
+                return original(cast_to, options, *args, **kwargs)
+
+        client.request = request
+    copy = client.copy
+
+    @functools.wraps(copy)
+    def instrumented_copy(*args: Any, **kwargs: Any) -> Any:
+        return instrument(copy(*args, **kwargs), provider=provider)
+
+    client.copy = client.with_options = instrumented_copy
+    setattr(client, _MARK, True)
+
+
+def _scope_for(options: Any) -> Any:
+    try:
+        return open_scope(_model_of(options))
+    except Exception:
+        failed("opening a call scope")
+        return open_scope()
+
+
+def _is_async(fn: Any) -> bool:
+    import inspect
+
+    return inspect.iscoroutinefunction(fn)
+
+
+def _gemini(client: Any, provider: str) -> None:
+    api = client._api_client
+    if getattr(api, _MARK, False):
+        return
+    for name in ("_httpx_client", "_async_httpx_client"):
+        http_client = getattr(api, name, None)
+        if http_client is not None:
+            instrument_httpx(http_client, provider=provider)
+    request = getattr(api, "_request", None)
+    if request is not None:
+
+        @functools.wraps(request)
+        def scoped_request(*args: Any, **kwargs: Any) -> Any:
+            with scoped(open_scope()):
+                return request(*args, **kwargs)
+
+        api._request = scoped_request
+    arequest = getattr(api, "_async_request", None)
+    if arequest is not None:
+
+        @functools.wraps(arequest)
+        async def scoped_arequest(*args: Any, **kwargs: Any) -> Any:
+            with scoped(open_scope()):
+                return await arequest(*args, **kwargs)
+
+        api._async_request = scoped_arequest
+    setattr(api, _MARK, True)
