@@ -27,7 +27,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_STARTS = frozenset({"http.response.start", "websocket.accept"})
+_STARTS = frozenset({"http.response.start", "websocket.accept", "websocket.http.response.start"})
 
 
 class OwnershipMiddleware:
@@ -89,16 +89,20 @@ class OwnershipMiddleware:
         status: list[int] = []
         echo = self._echo_trace(send, entry.trace_id) if self._trace_header else send
 
-        async def send_recording(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status.append(message["status"])
-            await echo(message)
+        def recording(inner: Send) -> Send:
+            async def send_recording(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    status.append(message["status"])
+                await inner(message)
+
+            return send_recording
 
         try:
             if entry.envelope is None:
-                await self._reject(scope, receive, send_recording, entry)
+                # Not through `echo`: the rejection carries its trace header already.
+                await self._reject(scope, receive, recording(send), entry)
             else:
-                await self.app(scope, receive, send_recording)
+                await self.app(scope, receive, recording(echo))
         finally:
             entry.close()
             events.emit(
