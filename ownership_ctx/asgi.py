@@ -27,6 +27,13 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+# What a request event records as the status of each kind of first response message.
+_STATUS_OF = {
+    "http.response.start": 0,
+    "websocket.accept": 101,
+    "websocket.close": 403,  # closed before the handshake completed: servers answer 403
+    "websocket.http.response.start": 0,
+}
 _STARTS = frozenset({"http.response.start", "websocket.accept", "websocket.http.response.start"})
 
 
@@ -50,7 +57,12 @@ class OwnershipMiddleware:
         self.app = app
         self.gate = Gate(policy, keys)
         names = (BAGGAGE_HEADER, TRACEPARENT_HEADER, *self.gate.edge_header_names)
-        self._wanted = frozenset(name.encode("latin-1") for name in names)
+        # A resolver may look at any header (an API key, a JWT): then the carrier holds all.
+        self._wanted: frozenset[bytes] | None = (
+            None
+            if self.gate.policy.resolver is not None
+            else frozenset(name.encode("latin-1") for name in names)
+        )
         self._trace_header = trace_header.lower().encode("latin-1") if trace_header else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -61,7 +73,7 @@ class OwnershipMiddleware:
         carrier: dict[str, str] = {}
         wanted = self._wanted
         for name, value in scope["headers"]:
-            if name in wanted:
+            if wanted is None or name in wanted:
                 key = name.decode("latin-1")
                 text = value.decode("latin-1")
                 # Repeated headers join with commas, as HTTP defines: repeated baggage
@@ -91,8 +103,9 @@ class OwnershipMiddleware:
 
         def recording(inner: Send) -> Send:
             async def send_recording(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    status.append(message["status"])
+                kind = message["type"]
+                if kind in _STATUS_OF:
+                    status.append(message.get("status") or _STATUS_OF[kind])
                 await inner(message)
 
             return send_recording

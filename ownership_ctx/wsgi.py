@@ -60,11 +60,19 @@ class OwnershipWSGIMiddleware:
         self.gate = Gate(policy, keys)
         names = (BAGGAGE_HEADER, TRACEPARENT_HEADER, *self.gate.edge_header_names)
         self._environ_keys = tuple((name, _environ_key(name)) for name in names)
+        self._all_headers = self.gate.policy.resolver is not None
         self._trace_header = trace_header
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         # PEP 3333: header values are latin-1 native strings, as in ASGI after decoding.
-        carrier = {name: environ[key] for name, key in self._environ_keys if key in environ}
+        if self._all_headers:  # a resolver may look at any header (an API key, a JWT)
+            carrier = {
+                key[5:].lower().replace("_", "-"): value
+                for key, value in environ.items()
+                if key.startswith("HTTP_") and isinstance(value, str)
+            }
+        else:
+            carrier = {name: environ[key] for name, key in self._environ_keys if key in environ}
         context = contextvars.copy_context()
         entry = context.run(
             self.gate.enter,
