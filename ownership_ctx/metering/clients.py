@@ -152,6 +152,7 @@ def _gemini(client: Any, provider: str) -> None:
         http_client = getattr(api, name, None)
         if http_client is not None:
             instrument_httpx(http_client, provider=provider)
+            _per_loop(http_client, provider)
     request = getattr(api, "_request", None)
     if request is not None:
 
@@ -171,3 +172,18 @@ def _gemini(client: Any, provider: str) -> None:
 
         api._async_request = scoped_arequest
     setattr(api, _MARK, True)
+
+
+def _per_loop(http_client: Any, provider: str) -> None:
+    """google-genai's async client sends through one inner client per event loop, built
+    later from its constructor arguments: instrument those inner clients as they are made."""
+    inner_cls = getattr(http_client, "_inner_client_cls", None)
+    if inner_cls is None or not getattr(http_client, "_per_loop", False):
+        return
+
+    def make(**kwargs: Any) -> Any:
+        return instrument_httpx(inner_cls(**kwargs), provider=provider)
+
+    http_client._inner_client_cls = make
+    for inner in list(getattr(http_client, "_loop_clients", {}).values()):
+        instrument_httpx(inner, provider=provider)
