@@ -32,6 +32,7 @@ APIS: Final[dict[str, str]] = {
 }
 
 _SAFE = re.compile(r"[^A-Za-z0-9._:/-]")
+_SAFE_ALL = re.compile(r"[A-Za-z0-9._:/-]+")
 # Stream chunk keys that are not response metadata (content, and usage handled separately).
 _STREAM_SKIP: Final = frozenset({"choices", "candidates", "usage", "usageMetadata"})
 
@@ -51,6 +52,8 @@ class Parsed:
 def _text(value: Any, limit: int = 128) -> str | None:
     """A short identifier from a payload: model names, ids, tiers. Anything else is dropped."""
     if isinstance(value, str) and value:
+        if len(value) <= limit and _SAFE_ALL.fullmatch(value):
+            return value  # the common case: already a clean identifier
         return _SAFE.sub("_", value[:limit])
     return None
 

@@ -215,9 +215,7 @@ class Pricer:
     # -- cache misses -------------------------------------------------------------------
 
     def _model(self, provider: str, model: str) -> _Model | None:
-        from genai_prices import data_snapshot
-
-        snapshot = data_snapshot.get_snapshot()
+        snapshot = _get_snapshot()
         if snapshot is not self._snapshot:
             # Prices were updated (genai_prices.UpdatePrices): start over.
             with self._lock:
@@ -294,6 +292,19 @@ class Pricer:
             source = "override"
             model_id = model_id or chosen[-1].model
         return _compile_rows(model_price, model_id or "", source)
+
+
+_snapshot_getter: Any = None
+
+
+def _get_snapshot() -> Any:
+    """genai-prices' current data snapshot (imported on first use, then a plain call)."""
+    global _snapshot_getter
+    if _snapshot_getter is None:
+        from genai_prices.data_snapshot import get_snapshot
+
+        _snapshot_getter = get_snapshot
+    return _snapshot_getter()
 
 
 def price_context(tier: str | None, speed: str | None) -> dict[str, str]:
