@@ -119,7 +119,8 @@ def trace_id_from_traceparent(value: str | None) -> str | None:
 
 
 _TRACE_ENTRY: Final = PREFIX + "trace_id="
-_SIGNATURE_ENTRY: Final = PREFIX + "sig="
+_TRACE_KEY: Final = PREFIX + "trace_id"
+_SIGNATURE_KEY: Final = PREFIX + "sig"
 # A version entry other than a plain ``v=1``: the parser then drops the whole envelope.
 _ODD_VERSION = re.compile(r"(?:^|,)\s*ownership\.v\s*=(?!1(?:,|$))")
 # Within this many characters a header is under every W3C byte limit, whatever it holds.
@@ -149,7 +150,15 @@ def split_trace_id(text: str) -> tuple[str | None, str]:
     if _TRACE_ID.fullmatch(trace_id) is None or trace_id == "0" * 32:
         return None, text
     rest = text[:start] + text[end + 1 :] if end < len(text) else text[: max(start - 1, 0)]
-    if _TRACE_ENTRY in rest or _SIGNATURE_ENTRY in rest or _ODD_VERSION.search(rest):
+    # Keys are matched without their '=': W3C allows whitespace before it, so
+    # "ownership.trace_id =..." is a second trace id (a duplicate), "ownership.sig =..." a
+    # signature. And the rest must still hold an ownership entry, or it would read as none.
+    if (
+        _TRACE_KEY in rest
+        or _SIGNATURE_KEY in rest
+        or PREFIX not in rest
+        or _ODD_VERSION.search(rest)
+    ):
         return None, text
     return trace_id, rest
 
