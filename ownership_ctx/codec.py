@@ -217,6 +217,8 @@ def _parse(text: str) -> Parsed:
     for key in sorted(duplicated):
         # Two values for one field: either could be the smuggled one, so neither is used.
         problems.append(Problem("duplicate", _field_name(key), "entry appears more than once"))
+    if not received and not problems:
+        return _EMPTY  # "ownership." only appeared inside someone else's value
 
     signature = received.pop("sig", None)
     entries = tuple(sorted(received.items()))
