@@ -45,6 +45,8 @@ from .policy import Policy
 __all__ = [
     "ATTRIBUTE_PREFIX",
     "OwnershipASGIInstrumentor",
+    "OwnershipCeleryInstrumentor",
+    "OwnershipDramatiqInstrumentor",
     "OwnershipIdGenerator",
     "OwnershipInstrumentor",
     "OwnershipPropagator",
@@ -249,3 +251,78 @@ class OwnershipASGIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         for cls, original in self._originals.items():
             cls.__init__ = original
         self._originals.clear()
+
+
+class OwnershipCeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Installs the Celery hooks (`ownership_ctx.celery.install`) on every Celery app created
+    afterwards: publishers carry the envelope, workers (prefork children included) bind it.
+
+    Policy from ``policy=`` or `Policy.from_env`; keys from ``keys=`` or `Keys.from_env`.
+    """
+
+    _original_init: Any = None
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ("celery >= 5.3",)
+
+    def _instrument(self, **kwargs: Any) -> None:
+        from celery import Celery
+
+        from .celery import install
+
+        policy = kwargs.get("policy") or Policy.from_env()
+        keys = kwargs.get("keys")
+        Gate(policy, keys)  # configuration errors surface now
+        original = Celery.__init__
+        type(self)._original_init = original
+
+        def init_with_ownership(app: Any, *args: Any, **init_kwargs: Any) -> None:
+            original(app, *args, **init_kwargs)
+            install(app, policy=policy, keys=keys)
+
+        Celery.__init__ = init_with_ownership
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        from celery import Celery
+
+        if type(self)._original_init is not None:
+            Celery.__init__ = type(self)._original_init
+            type(self)._original_init = None
+
+
+class OwnershipDramatiqInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Adds `ownership_ctx.dramatiq.OwnershipMiddleware` to every Dramatiq broker created
+    afterwards (it places itself first, where it must be).
+
+    Policy from ``policy=`` or `Policy.from_env`; keys from ``keys=`` or `Keys.from_env`.
+    """
+
+    _original_init: Any = None
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ("dramatiq >= 1.17",)
+
+    def _instrument(self, **kwargs: Any) -> None:
+        from dramatiq.broker import Broker
+
+        from .dramatiq import OwnershipMiddleware as DramatiqOwnership
+
+        policy = kwargs.get("policy") or Policy.from_env()
+        keys = kwargs.get("keys")
+        Gate(policy, keys)
+        original = Broker.__init__
+        type(self)._original_init = original
+
+        def init_with_ownership(broker: Any, *args: Any, **init_kwargs: Any) -> None:
+            original(broker, *args, **init_kwargs)
+            if not any(isinstance(m, DramatiqOwnership) for m in broker.middleware):
+                broker.add_middleware(DramatiqOwnership(policy=policy, keys=keys))
+
+        Broker.__init__ = init_with_ownership  # type: ignore[method-assign, assignment]
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        from dramatiq.broker import Broker
+
+        if type(self)._original_init is not None:
+            Broker.__init__ = type(self)._original_init  # type: ignore[method-assign]
+            type(self)._original_init = None

@@ -230,3 +230,74 @@ def test_opentelemetry_instrument_enables_our_instrumentors(tmp_path: Path) -> N
     assert envelope["owner_team"] == "search" and envelope["attribution"] == "quarantined"
     assert out["trace_header"] == envelope["trace_id"] == out["span_trace_id"]
     assert out["span_attributes"]["ownership.owner_team"] == "search"
+
+
+CELERY_APP = """
+import json
+from celery import Celery
+from ownership_ctx import Envelope, bind
+
+app = Celery("instrumented", broker="memory://")  # no ownership_ctx code: instrumented from outside
+
+
+@app.task(name="who")
+def who():
+    return None
+
+
+with bind(Envelope(trace_id="ab" * 16, owner_team="search", workflow_id="w", feature="f")):
+    who.delay()
+with app.connection() as connection:
+    message = connection.SimpleQueue("celery").get(timeout=5)
+    print(json.dumps({"header": message.headers.get("ownership_envelope")}))
+"""
+
+DRAMATIQ_APP = """
+import json
+import dramatiq
+from dramatiq.brokers.stub import StubBroker
+from ownership_ctx import Envelope, bind
+
+broker = StubBroker()  # no ownership_ctx code: instrumented from outside
+dramatiq.set_broker(broker)
+
+
+@dramatiq.actor
+def who():
+    pass
+
+
+with bind(Envelope(trace_id="ab" * 16, owner_team="search", workflow_id="w", feature="f")):
+    who.send()
+queued = dramatiq.Message.decode(broker.queues["default"].get(timeout=5))
+print(json.dumps({"header": queued.options.get("ownership_envelope"),
+                  "first": type(broker.middleware[0]).__module__}))
+"""
+
+
+@pytest.mark.parametrize("app", [CELERY_APP, DRAMATIQ_APP], ids=["celery", "dramatiq"])
+def test_opentelemetry_instrument_enables_queue_hooks(tmp_path: Path, app: str) -> None:
+    script = tmp_path / "app.py"
+    script.write_text(textwrap.dedent(app))
+    env = {
+        **os.environ,
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_LOGS_EXPORTER": "none",
+    }
+    instrument = Path(sys.executable).parent / "opentelemetry-instrument"
+    result = subprocess.run(
+        [str(instrument), sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["header"].startswith("ownership.v=1,ownership.trace_id=" + "ab" * 16)
+    assert "ownership.owner_team=search" in out["header"]
+    if "first" in out:
+        assert out["first"] == "ownership_ctx.dramatiq"
