@@ -229,18 +229,21 @@ def _hooks_for_task(task: Any) -> CeleryHooks | None:
     return _hooks.get(app) if app is not None else None
 
 
-def _publisher() -> CeleryHooks | None:
-    # before_task_publish does not say which app publishes: one installed app is the common
-    # case; else the current app, else the most recent install.
-    if not _hooks:
-        return None
-    if len(_hooks) > 1:
-        from celery import current_app
+def _publisher(task_name: str) -> CeleryHooks | None:
+    # before_task_publish does not say which app publishes. One installed app is the common
+    # case; else the current app or the most recent install that knows the task, else the
+    # current app, else the most recent install (every app's hooks write a correct envelope;
+    # only keys and publish-time stamp rules differ).
+    if len(_hooks) <= 1:
+        return next(iter(_hooks.values()), None)
+    from celery import current_app
 
-        found = _hooks.get(current_app._get_current_object())
-        if found is not None:
-            return found
-    return next(reversed(_hooks.values()))
+    app = current_app._get_current_object()
+    for candidate in (app, *reversed(_hooks)):
+        hooks = _hooks.get(candidate)
+        if hooks is not None and task_name in candidate._tasks:
+            return hooks
+    return _hooks.get(app) or next(reversed(_hooks.values()))
 
 
 def _before_task_publish(
@@ -248,9 +251,10 @@ def _before_task_publish(
 ) -> None:
     if headers is None:  # protocol 1 messages have no headers to carry it
         return
-    hooks = _publisher()
+    name = sender or headers.get("task") or ""
+    hooks = _publisher(name)
     if hooks is not None:
-        hooks.publish(headers, sender or headers.get("task") or "")
+        hooks.publish(headers, name)
 
 
 _DISPATCH_UID: Final = "ownership_ctx.celery.before_task_publish"

@@ -114,7 +114,7 @@ class Worker:
             policy=config.policy,
         )
         self.proc: subprocess.Popen[bytes] | None = None
-        self.results: dict[str, Any] | None = None  # scenario outcomes, filled once
+        self.results: dict[str, Any] = {}  # scenario outcomes by test module, filled once
 
     def start(self) -> None:
         env = {

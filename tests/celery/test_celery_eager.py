@@ -12,6 +12,7 @@ from typing import Any
 import celery_testapp
 import pytest
 from celery import Celery, chain, group
+from celery._state import _set_task_join_will_block
 from celery_support import make_envelope
 
 from ownership_ctx import Envelope, bind, current
@@ -41,6 +42,9 @@ def eager() -> Iterator[tuple[Celery, list[tuple[str, Envelope | None]]]]:
         yield app, seen
     finally:
         hooks.uninstall()
+        # Eager apply_async toggles a process-wide "joins would block" flag without a lock;
+        # concurrent eager calls from threads can leave it set (a Celery race, not ours).
+        _set_task_join_will_block(False)
 
 
 def test_eager_task_and_its_children_see_the_callers_envelope(eager: Any) -> None:
