@@ -374,6 +374,9 @@ class Pipeline:
                 with self._overflow_lock:
                     try:
                         segment.append(data)
+                        if self._closed:
+                            # No writer will seal it: make it replayable by the next one now.
+                            segment.seal()
                     except OSError as exc:
                         events.count("sink_spool_errors")
                         _warn_once("spool_write", f"cannot write the spool: {exc}", exc)
@@ -622,15 +625,23 @@ class Pipeline:
     # -- replay ------------------------------------------------------------------------------
 
     def _replay_until(self, deadline: float) -> bool:
-        """Replay ready segments until none is left (True) or time / the backend runs out."""
+        """Replay ready segments until none is left (True) or the deadline passes (False),
+        waiting out the backoff while the backend fails."""
         if self.spool_dir is None:
             return not self._queue
-        self._next_scan = 0.0
-        while time.monotonic() < deadline:
-            if not self._can_try():
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
                 return False
+            if not self._can_try():
+                time.sleep(max(0.0, min(self._retry_at - now, deadline - now, 0.05)))
+                continue
+            if self._mine_pending():
+                self._seal_spool()
             if not self._replay_one():
-                return self._can_try() and not self._mine_pending()
+                if self._can_try() and not self._mine_pending():
+                    return True
+                continue
             # Live events first, even while settling (a few batches: the replay must progress).
             for _ in range(4):
                 if not self._queue or type(self._queue[0]) is _Marker:
@@ -638,7 +649,6 @@ class Pipeline:
                 batch = self._take()[0]
                 if batch:
                     self._deliver(batch)
-        return False
 
     def _mine_pending(self) -> bool:
         return any(seg is not None and seg.pending for seg in (self._spill_seg, self._overflow_seg))

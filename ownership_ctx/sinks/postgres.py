@@ -310,7 +310,7 @@ class PostgresStore(EventQueries):
 
     def events_by_trace(self, trace_id: str) -> list[dict[str, Any]]:
         rows = self._fetch(events_by_trace_sql("%s"), [trace_id] * 4)
-        return [body for (body,) in rows]
+        return [body for _, _, body in sorted(rows, key=_by_time)]
 
     def event_ids(self, kind: str | None = None) -> list[str]:
         return [eid for (eid,) in self._fetch(event_ids_sql(kind), [])]
@@ -330,3 +330,7 @@ def _nul_free(rows: Rows) -> Rows:
             fixed.append(tuple(values))
         out[table] = fixed
     return out
+
+
+def _by_time(row: tuple[Any, ...]) -> tuple[float, str]:
+    return (row[0] or 0.0, row[1] or "")

@@ -142,7 +142,9 @@ def rollup_query(
             raise ValueError(f"cannot group by {name!r}: use {DIMENSIONS + TIME_DIMENSIONS}")
     if "hour" in group and "day" in group:
         raise ValueError("group by hour or day, not both")
-    expressions = ["(hour - hour % 86400)" if name == "day" else name for name in group]
+    # psycopg's placeholders are %-style: its modulo operator must be doubled.
+    modulo = "%%" if mark == "%s" else "%"
+    expressions = [f"(hour - hour {modulo} 86400)" if name == "day" else name for name in group]
     sums = [f"sum({cost_columns.get(m, m)})" for m in MEASURES]
     conditions = [f"hour >= {mark}", f"hour < {mark}"]
     params: list[Any] = [start, end]
@@ -161,8 +163,11 @@ def rollup_query(
 
 
 def events_by_trace_sql(mark: str) -> str:
-    parts = [f"SELECT ts, body FROM {table} WHERE trace_id = {mark}" for table in _TABLES.values()]
-    return f"SELECT body FROM ({' UNION ALL '.join(parts)}) AS t ORDER BY ts"
+    """(ts, event_id, body) rows; callers sort them (collations differ between databases)."""
+    return " UNION ALL ".join(
+        f"SELECT ts, event_id, body FROM {table} WHERE trace_id = {mark}"
+        for table in _TABLES.values()
+    )
 
 
 def event_ids_sql(kind: str | None) -> str:

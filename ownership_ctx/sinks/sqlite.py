@@ -193,8 +193,8 @@ def cost_parts(value: object) -> tuple[str | None, int | None]:
             number = Decimal(repr(value))
     except (InvalidOperation, ValueError):
         return None, None
-    if number is None or not number.is_finite():
-        return None, None
+    if number is None or not number.is_finite() or number.adjusted() > 9:
+        return None, None  # beyond $10^10 (what int64 nano-dollars hold) is not a cost
     nanos = int(number.quantize(_NANO, rounding=ROUND_HALF_EVEN).scaleb(9))
     if not -_INT64 < nanos < _INT64:
         return None, None
@@ -592,7 +592,11 @@ class SQLiteStore(EventQueries):
 
     def events_by_trace(self, trace_id: str) -> list[dict[str, Any]]:
         rows = self._fetch(events_by_trace_sql("?"), [trace_id] * 4)
-        return [json.loads(body) for (body,) in rows]
+        return [json.loads(body) for _, _, body in sorted(rows, key=_by_time)]
 
     def event_ids(self, kind: str | None = None) -> list[str]:
         return [eid for (eid,) in self._fetch(event_ids_sql(kind), [])]
+
+
+def _by_time(row: tuple[Any, ...]) -> tuple[float, str]:
+    return (row[0] or 0.0, row[1] or "")
