@@ -37,6 +37,7 @@ def worker_policy() -> Policy:
     stamped actor."""
     return Policy(
         mode="quarantine",
+        extra_keys=("cost_center",),
         rules=(
             Rule("oc_strict", mode="enforce"),
             Rule("oc_stamped", mode="stamp", defaults=STAMP_DEFAULTS),
