@@ -37,6 +37,15 @@ _STATUS_OF = {
 _STARTS = frozenset({"http.response.start", "websocket.accept", "websocket.http.response.start"})
 
 
+def _flush_events_at_shutdown(send: Send) -> Send:
+    async def send_flushing(message: Message) -> None:
+        if message["type"] == "lifespan.shutdown.complete":
+            events.flush()  # queued events are written before the server exits
+        await send(message)
+
+    return send_flushing
+
+
 class OwnershipMiddleware:
     """Admit each request through the policy and bind its envelope for the request's lifetime.
 
@@ -68,6 +77,8 @@ class OwnershipMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope_type = scope["type"]
         if scope_type != "http" and scope_type != "websocket":
+            if scope_type == "lifespan":
+                send = _flush_events_at_shutdown(send)
             await self.app(scope, receive, send)
             return
         carrier: dict[str, str] = {}

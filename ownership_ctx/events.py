@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-__all__ = ["Sink", "emit", "get_sink", "set_sink", "stats"]
+__all__ = ["Sink", "count", "emit", "flush", "get_sink", "set_sink", "stats"]
 
 logger = logging.getLogger("ownership_ctx")
 
@@ -66,3 +66,18 @@ def emit(event: dict[str, Any]) -> None:
         if not _warned_sink_error:
             _warned_sink_error = True
             logger.exception("ownership_ctx: event sink failed; events are being dropped")
+
+
+def flush(timeout: float = 5.0) -> bool:
+    """Ask the sink to write what it holds, waiting up to ``timeout`` seconds; for shutdown
+    hooks (worker shutdown, ASGI lifespan shutdown) of processes that may not run ``atexit``.
+    True when everything was written (or the sink holds nothing). Never raises."""
+    flush_sink = getattr(_sink, "flush", None)
+    if flush_sink is None:
+        return True
+    try:
+        return bool(flush_sink(timeout))
+    except Exception:
+        count("sink_errors")
+        logger.exception("ownership_ctx: flushing the event sink failed")
+        return False

@@ -78,3 +78,29 @@ def test_wsgi_request_events(event_sink: Any) -> None:
         ("request", "/ok", "quarantined", 202),
     ]
     assert event_sink.events[0]["fields_present"] == ["owner_team", "workflow_id", "feature"]
+
+
+def test_lifespan_shutdown_flushes_the_sink() -> None:
+    from ownership_ctx import events
+
+    class FlushingSink:
+        def __init__(self) -> None:
+            self.flushed: list[float] = []
+
+        def emit(self, event: Any) -> None:
+            pass
+
+        def flush(self, timeout: float) -> bool:
+            self.flushed.append(timeout)
+            return True
+
+    sink = FlushingSink()
+    previous = events.set_sink(sink)
+    try:
+        app = Starlette(routes=[])
+        app.add_middleware(OwnershipMiddleware, policy=Policy(), keys=Keys())
+        with TestClient(app):
+            assert sink.flushed == []
+        assert sink.flushed == [5.0]
+    finally:
+        events.set_sink(previous)
