@@ -659,6 +659,8 @@ class Pipeline:
         assert directory is not None
         try:
             names = os.listdir(directory)
+        except FileNotFoundError:
+            return None  # removed (or never created): nothing to replay; writes recreate it
         except OSError as exc:
             events.count("sink_spool_errors")
             _warn_once("spool_list", f"cannot list the spool: {exc}", exc)

@@ -26,10 +26,19 @@ from ownership_ctx.sinks.query import (
     EventQueries,
     RollupRow,
     event_ids_sql,
-    events_by_trace_sql,
     rollup_query,
 )
-from ownership_ctx.sinks.sqlite import COLUMNS, ROLLUP_MEASURES, Kind, Rows, split_rows
+from ownership_ctx.sinks.sqlite import (
+    COLUMNS,
+    READ_COLUMNS,
+    ROLLUP_MEASURES,
+    Kind,
+    Rows,
+    by_time,
+    read_sql,
+    rebuild,
+    split_rows,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -59,6 +68,15 @@ def _schema_sql() -> list[str]:
         statements.append(f"CREATE TABLE IF NOT EXISTS {table} ({body})")
         statements.append(f"CREATE INDEX IF NOT EXISTS {table}_trace ON {table} (trace_id)")
         statements.append(f"CREATE INDEX IF NOT EXISTS {table}_ts ON {table} (ts)")
+        pairs = ", ".join(
+            f"'{key}', " + (f"{column}::text" if kind == "cost" else column)
+            for column, key, kind in READ_COLUMNS[table]
+        )
+        # The whole event as JSON for SQL users (the body holds only what has no column).
+        statements.append(
+            f"CREATE OR REPLACE VIEW {table}_json AS SELECT event_id, ts, trace_id,"
+            f" jsonb_strip_nulls(jsonb_build_object({pairs})) || body AS event FROM {table}"
+        )
     dims = ", ".join(f"{d} TEXT NOT NULL" for d in DIMENSIONS)
     measures = ", ".join(
         f"{m} {'NUMERIC' if kind == 'cost' else 'BIGINT'} NOT NULL DEFAULT 0"
@@ -309,8 +327,12 @@ class PostgresStore(EventQueries):
         return query.rows(self._fetch(query.sql, query.params), nanos=False)
 
     def events_by_trace(self, trace_id: str) -> list[dict[str, Any]]:
-        rows = self._fetch(events_by_trace_sql("%s"), [trace_id] * 4)
-        return [body for _, _, body in sorted(rows, key=_by_time)]
+        found = [
+            rebuild(table, row[:-1], row[-1])
+            for table in COLUMNS
+            for row in self._fetch(read_sql(table, "%s"), [trace_id])
+        ]
+        return sorted(found, key=by_time)
 
     def event_ids(self, kind: str | None = None) -> list[str]:
         return [eid for (eid,) in self._fetch(event_ids_sql(kind), [])]
@@ -330,7 +352,3 @@ def _nul_free(rows: Rows) -> Rows:
             fixed.append(tuple(values))
         out[table] = fixed
     return out
-
-
-def _by_time(row: tuple[Any, ...]) -> tuple[float, str]:
-    return (row[0] or 0.0, row[1] or "")

@@ -162,14 +162,6 @@ def rollup_query(
     return RollupQuery(sql, params, group)
 
 
-def events_by_trace_sql(mark: str) -> str:
-    """(ts, event_id, body) rows; callers sort them (collations differ between databases)."""
-    return " UNION ALL ".join(
-        f"SELECT ts, event_id, body FROM {table} WHERE trace_id = {mark}"
-        for table in _TABLES.values()
-    )
-
-
 def event_ids_sql(kind: str | None) -> str:
     if kind is None:
         return " UNION ALL ".join(f"SELECT event_id FROM {t}" for t in _TABLES.values())

@@ -40,7 +40,6 @@ from ownership_ctx.sinks.query import (
     EventQueries,
     RollupRow,
     event_ids_sql,
-    events_by_trace_sql,
     rollup_query,
 )
 
@@ -205,21 +204,45 @@ def _hour(ts: Any) -> int:
     return int(ts // 3600) * 3600
 
 
+#: Event keys with a typed column, per table (``missing`` stays in the body too: its column is
+#: a joined string, the event's value a list).
+_TYPED: Final = {
+    table: frozenset(key for _, key, _ in cols if key is not None and key != "missing")
+    for table, cols in COLUMNS.items()
+}
+
+
+def _rest(event: Mapping[str, Any], typed: frozenset[str]) -> dict[str, Any]:
+    """What the body stores: keys without a typed column, and None values (so that a key
+    that was present but null comes back, and an absent key stays absent)."""
+    return {k: v for k, v in event.items() if v is None or k not in typed}
+
+
 def _pc_row(
-    event: Mapping[str, Any], keys: tuple[str | None, ...] = _RAW_KEYS["provider_calls"]
+    event: Mapping[str, Any],
+    keys: tuple[str | None, ...] = _RAW_KEYS["provider_calls"],
+    typed: frozenset[str] = _TYPED["provider_calls"],
 ) -> Row:
     get = event.get
-    cost, nanos = cost_parts(get("cost"))
-    avoided, avoided_nanos = cost_parts(get("cost_avoided"))
+    raw_cost, raw_avoided = get("cost"), get("cost_avoided")
+    cost, nanos = cost_parts(raw_cost)
+    avoided, avoided_nanos = cost_parts(raw_avoided)
+    rest = _rest(event, typed)
+    # The typed cost is normalised ("1E-7" -> "0.0000001", garbage -> NULL): keep the
+    # original in the body when it differs, so the event reads back as it was emitted.
+    if cost is not raw_cost and raw_cost is not None:
+        rest["cost"] = raw_cost
+    if avoided is not raw_avoided and raw_avoided is not None:
+        rest["cost_avoided"] = raw_avoided
     return (
         *map(get, keys),  # type: ignore[arg-type]
         _hour(get("ts")),
-        bool(get("app_cache_hit")),
+        get("app_cache_hit"),
         cost,
         nanos,
         avoided,
         avoided_nanos,
-        encode_event(event),
+        encode_event(rest),
     )
 
 
@@ -228,27 +251,35 @@ def _joined(value: Any) -> Any:
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
 
 
-def _rq_row(event: Mapping[str, Any], keys: tuple[str | None, ...] = _RAW_KEYS["requests"]) -> Row:
+def _rq_row(
+    event: Mapping[str, Any],
+    keys: tuple[str | None, ...] = _RAW_KEYS["requests"],
+    typed: frozenset[str] = _TYPED["requests"],
+) -> Row:
     get = event.get
     return (
         *map(get, keys),  # type: ignore[arg-type]
         _hour(get("ts")),
         _joined(get("missing")),
-        encode_event(event),
+        encode_event(_rest(event, typed)),
     )
 
 
-def _hop_row(event: Mapping[str, Any], keys: tuple[str | None, ...] = _RAW_KEYS["hops"]) -> Row:
+def _hop_row(
+    event: Mapping[str, Any],
+    keys: tuple[str | None, ...] = _RAW_KEYS["hops"],
+    typed: frozenset[str] = _TYPED["hops"],
+) -> Row:
     get = event.get
     return (
         *map(get, keys),  # type: ignore[arg-type]
         _hour(get("ts")),
         _joined(get("missing")),
-        encode_event(event),
+        encode_event(_rest(event, typed)),
     )
 
 
-def _other_row(event: Mapping[str, Any]) -> Row:
+def _other_row(event: Mapping[str, Any], typed: frozenset[str] = _TYPED["other_events"]) -> Row:
     get = event.get
     return (
         get("event_id"),
@@ -256,7 +287,7 @@ def _other_row(event: Mapping[str, Any]) -> Row:
         get("trace_id"),
         get("kind"),
         _hour(get("ts")),
-        encode_event(event),
+        encode_event(_rest(event, typed)),
     )
 
 
@@ -272,14 +303,45 @@ Rows = dict[str, list[Row]]
 
 def split_rows(events: Iterable[Mapping[str, Any]], *, sanitize: bool = False) -> Rows:
     """Rows per table. Fast path trusts the event's types; with ``sanitize`` every value is
-    coerced to its column's kind first (used after the fast path hit a data error)."""
+    coerced to its column's kind first (used after the fast path hit a data error), and the
+    body keeps the whole original event (its values win when the event is read back)."""
     out: Rows = {table: [] for table in COLUMNS}
     for event in events:
         table = _TABLE_OF_KIND.get(event.get("kind"), "other_events")  # type: ignore[arg-type]
         if sanitize:
-            event = _sanitized(event, table)
-        out[table].append(_ROW_OF_TABLE[table](event))
+            row = _ROW_OF_TABLE[table](_sanitized(event, table))
+            out[table].append((*row[:-1], encode_event(event)))
+        else:
+            out[table].append(_ROW_OF_TABLE[table](event))
     return out
+
+
+#: Per table: the typed columns an event is rebuilt from (with the body), in SELECT order.
+READ_COLUMNS: Final = {
+    table: tuple((c, k, kind) for c, k, kind in cols if k is not None and k != "missing")
+    for table, cols in COLUMNS.items()
+}
+
+
+def read_sql(table: str, mark: str) -> str:
+    """The rows of one trace in ``table``: the typed columns of `READ_COLUMNS`, then body."""
+    names = ", ".join(c for c, _, _ in READ_COLUMNS[table])
+    return f"SELECT {names}, body FROM {table} WHERE trace_id = {mark}"
+
+
+def rebuild(table: str, values: Sequence[Any], body: Mapping[str, Any]) -> dict[str, Any]:
+    """The event as it was emitted, from its typed columns and its body."""
+    event: dict[str, Any] = {}
+    for (_, key, kind), value in zip(READ_COLUMNS[table], values, strict=False):
+        if value is None:
+            continue
+        if kind == "bool":
+            value = bool(value)  # SQLite hands back 0 / 1
+        elif kind == "cost" and not isinstance(value, str):
+            value = format(value, "f")  # PostgreSQL hands back a Decimal
+        event[key] = value
+    event.update(body)
+    return event
 
 
 def _sanitized(event: Mapping[str, Any], table: str) -> dict[str, Any]:
@@ -377,6 +439,14 @@ def _schema() -> list[str]:
         )
         statements.append(f"CREATE INDEX IF NOT EXISTS {table}_trace ON {table} (trace_id)")
         statements.append(f"CREATE INDEX IF NOT EXISTS {table}_ts ON {table} (ts)")
+        pairs = ", ".join(
+            f"'{key}', " + (_JSON_BOOL.format(c=column) if kind == "bool" else column)
+            for column, key, kind in READ_COLUMNS[table]
+        )
+        statements.append(
+            f"CREATE VIEW IF NOT EXISTS {table}_json AS SELECT id, event_id, ts, trace_id,"
+            f" json_patch(json_object({pairs}), body) AS event FROM {table}"
+        )
     dims = ", ".join(f"{d} TEXT NOT NULL" for d in DIMENSIONS)
     measures = ", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in _rollup_columns())
     keys = ", ".join(("hour", *DIMENSIONS))
@@ -385,6 +455,9 @@ def _schema() -> list[str]:
         f" PRIMARY KEY ({keys})) WITHOUT ROWID"
     )
     return statements
+
+
+_JSON_BOOL: Final = "json(CASE WHEN {c} IS NULL THEN 'null' WHEN {c} THEN 'true' ELSE 'false' END)"
 
 
 def _insert_sql(table: str) -> str:
@@ -406,7 +479,7 @@ def _rollup_sql(table: str) -> str:
             "errors": "coalesce(sum(status = 'error'), 0)",
             "retries": "coalesce(sum(attempt > 1), 0)",
             "fallbacks": "coalesce(sum(fallback_of IS NOT NULL), 0)",
-            "app_cache_hits": "coalesce(sum(app_cache_hit), 0)",
+            "app_cache_hits": "coalesce(sum(app_cache_hit = 1), 0)",
             "unpriced_calls": "coalesce(sum(cost_nanousd IS NULL), 0)",
             "input_tokens": "coalesce(sum(input_tokens), 0)",
             "output_tokens": "coalesce(sum(output_tokens), 0)",
@@ -591,12 +664,18 @@ class SQLiteStore(EventQueries):
         return query.rows(self._fetch(query.sql, query.params), nanos=True)
 
     def events_by_trace(self, trace_id: str) -> list[dict[str, Any]]:
-        rows = self._fetch(events_by_trace_sql("?"), [trace_id] * 4)
-        return [json.loads(body) for _, _, body in sorted(rows, key=_by_time)]
+        found = [
+            rebuild(table, row[:-1], json.loads(row[-1]))
+            for table in COLUMNS
+            for row in self._fetch(read_sql(table, "?"), [trace_id])
+        ]
+        return sorted(found, key=by_time)
 
     def event_ids(self, kind: str | None = None) -> list[str]:
         return [eid for (eid,) in self._fetch(event_ids_sql(kind), [])]
 
 
-def _by_time(row: tuple[Any, ...]) -> tuple[float, str]:
-    return (row[0] or 0.0, row[1] or "")
+def by_time(event: Mapping[str, Any]) -> tuple[float, str]:
+    """Sort key of rebuilt events: time, then id (stable whatever the database's collation)."""
+    ts = event.get("ts")
+    return (ts if isinstance(ts, (int, float)) else 0.0, str(event.get("event_id")))

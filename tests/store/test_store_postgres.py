@@ -71,3 +71,17 @@ def test_schema_dropped_under_a_running_store_is_recreated(pg_url: str, pg_serve
     store.write_batch([hop_event()])
     assert len(store.event_ids("hop")) >= 1
     store.close()
+
+
+def test_full_event_as_json_in_sql(pg_url: str, pg_server: str) -> None:
+    event = provider_call(streaming=True, **{"extra.region": "eu"})
+    store = open_backend(pg_url)
+    store.write_batch([event])
+    assert store.events_by_trace(TRACE) == [event]
+    schema = pg_url.rsplit("schema=", 1)[1]
+    with psycopg.connect(pg_server) as conn:
+        (as_sql,) = conn.execute(f"SELECT event FROM {schema}.provider_calls_json").fetchone()
+    assert {k: v for k, v in as_sql.items() if v is not None} == {
+        k: v for k, v in event.items() if v is not None
+    }
+    store.close()

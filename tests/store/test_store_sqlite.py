@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from decimal import Decimal
 from pathlib import Path
@@ -144,3 +145,20 @@ def test_two_stores_one_file(tmp_path: Path) -> None:
     assert len(a.event_ids()) == 2
     a.close()
     b.close()
+
+
+def test_full_event_as_json_in_sql(store: SQLiteStore) -> None:
+    """The body keeps only what has no column; the *_json views give SQL the whole event."""
+    event = provider_call(streaming=True, cost="1E-7", **{"extra.region": "eu"})
+    store.write_batch([event, request_event()])
+    conn = sqlite3.connect(store.path)
+    (text,) = conn.execute("SELECT event FROM provider_calls_json").fetchone()
+    as_sql = {k: v for k, v in json.loads(text).items() if v is not None}
+    # SQLite's JSON prints reals with 15 digits: the ts column itself is exact.
+    assert as_sql.pop("ts") == pytest.approx(event["ts"], abs=1e-4)
+    assert as_sql == {k: v for k, v in event.items() if v is not None and k != "ts"}
+    assert conn.execute(
+        "SELECT json_extract(event, '$.\"extra.region\"') FROM provider_calls_json"
+    ).fetchone() == ("eu",)
+    # Read back exactly as emitted, the unusual cost spelling included.
+    assert event in store.events_by_trace(TRACE)
