@@ -209,7 +209,7 @@ def install(
     if ownership:
         broker.add_middleware(OwnershipMiddleware(policy=policy or worker_policy(), keys=keys()))
     broker.add_middleware(CurrentMessage())
-    broker.add_middleware(GroupCallbacks(rate_limiter))
+    broker.add_middleware(GroupCallbacks(rate_limiter, barrier_ttl=120_000))  # keep Redis tidy
     broker.add_middleware(SkipOnRequest(recorder))
 
 
