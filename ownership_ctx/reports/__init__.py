@@ -1,0 +1,58 @@
+"""Reports over the event store: chargeback, coverage, audit, trace, anomaly and an HTML page.
+
+Each report is a pure function of a `Source` (a store opened by URL) and a `TimeRange`,
+returning a typed result with exact `Decimal` money; ``result.document()`` renders it as a
+terminal table, CSV or JSON (`render`). The ``ownership-ctx`` command (`ownership_ctx.cli`)
+is a thin layer over these.
+
+.. code-block:: python
+
+    from ownership_ctx.reports import open_source, parse_range, chargeback, render
+
+    with open_source("sqlite:///ownership.db") as source:
+        result = chargeback(source, parse_range("7d", None), by=("team", "model"))
+        print(render(result.document(), "table"))
+"""
+
+from __future__ import annotations
+
+from .anomaly import Anomaly, PeriodStats, anomaly, decompose
+from .audit import Audit, audit
+from .chargeback import Chargeback, ChargebackRow, chargeback, parse_by
+from .coverage import Coverage, coverage, parse_threshold
+from .focus import focus_csv
+from .html import build_report, render_html
+from .rendering import Document, render
+from .source import Source, StoreError, open_source
+from .timerange import TimeRange, UsageError, parse_period, parse_range
+from .trace import TraceReport, trace_report
+
+__all__ = [
+    "Anomaly",
+    "Audit",
+    "Chargeback",
+    "ChargebackRow",
+    "Coverage",
+    "Document",
+    "PeriodStats",
+    "Source",
+    "StoreError",
+    "TimeRange",
+    "TraceReport",
+    "UsageError",
+    "anomaly",
+    "audit",
+    "build_report",
+    "chargeback",
+    "coverage",
+    "decompose",
+    "focus_csv",
+    "open_source",
+    "parse_by",
+    "parse_period",
+    "parse_range",
+    "parse_threshold",
+    "render",
+    "render_html",
+    "trace_report",
+]

@@ -1,0 +1,190 @@
+"""Chargeback: spend, requests, calls and tokens per team / workflow / feature / tenant /
+provider / model, from the hourly rollups (its cost grows with the number of groups).
+
+A request's cost is the sum of its child provider calls, so a group's spend is the sum of the
+calls charged to it. Requests are counted from request events, which carry no provider or
+model: grouped by provider, model or tier, requests cannot be split and are left out of the
+rows (the total still has them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Final
+
+from ownership_ctx.sinks.query import RollupRow
+
+from .rendering import Column, Document, Table, money_text
+from .source import Source
+from .timerange import TimeRange, UsageError
+
+__all__ = ["DIMENSIONS", "Chargeback", "ChargebackRow", "chargeback", "parse_by"]
+
+#: Command-line names -> rollup dimensions.
+DIMENSIONS: Final = {
+    "team": "owner_team",
+    "workflow": "workflow_id",
+    "feature": "feature",
+    "tenant": "tenant",
+    "provider": "provider",
+    "model": "model",
+    "tier": "service_tier",
+}
+_CALL_ONLY: Final = frozenset({"provider", "model", "service_tier"})
+
+
+def parse_by(text: str) -> tuple[str, ...]:
+    """``team,workflow`` -> ("team", "workflow"); raises `UsageError` on unknown names."""
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in DIMENSIONS]
+    if unknown or not names:
+        raise UsageError(f"--by takes a list of {', '.join(DIMENSIONS)} (got {text!r})")
+    return names
+
+
+@dataclasses.dataclass(frozen=True)
+class ChargebackRow:
+    group: dict[str, str | None]
+    spend: Decimal
+    share: Decimal  # of the range's total spend
+    requests: int | None  # None: not separable by provider / model / tier
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    retries: int
+    fallbacks: int
+    app_cache_hits: int
+    unpriced_calls: int  # calls whose cost is unknown: not in ``spend``
+    unattributed_spend: Decimal
+    cost_per_request: Decimal | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Chargeback:
+    range: TimeRange
+    by: tuple[str, ...]
+    rows: list[ChargebackRow]
+    total: ChargebackRow
+    notes: list[str]
+
+    def document(self) -> Document:
+        return _document(self)
+
+
+def _row(
+    group: dict[str, str | None],
+    rows: Sequence[RollupRow],
+    total_spend: Decimal,
+    requests: int | None,
+) -> ChargebackRow:
+    spend = sum((r.cost for r in rows), Decimal(0))
+
+    def total(name: str) -> int:
+        return sum(int(getattr(r, name)) for r in rows)
+
+    return ChargebackRow(
+        group=group,
+        spend=spend,
+        share=_share(spend, total_spend),
+        requests=requests,
+        calls=total("calls"),
+        input_tokens=total("input_tokens"),
+        output_tokens=total("output_tokens"),
+        cache_read_tokens=total("cache_read_tokens"),
+        retries=total("retries"),
+        fallbacks=total("fallbacks"),
+        app_cache_hits=total("app_cache_hits"),
+        unpriced_calls=total("unpriced_calls"),
+        unattributed_spend=sum((r.unattributed_cost for r in rows), Decimal(0)),
+        cost_per_request=_per(spend, requests),
+    )
+
+
+def _share(part: Decimal, whole: Decimal) -> Decimal:
+    # Shares are ratios for people: 6 significant decimals are plenty and stay exact-printable.
+    return (part / whole).quantize(Decimal("0.000001")) if whole else Decimal(0)
+
+
+def _per(spend: Decimal, requests: int | None) -> Decimal | None:
+    if not requests:
+        return None
+    return (spend / requests).quantize(Decimal("0.000000001"))
+
+
+def chargeback(source: Source, time_range: TimeRange, by: Sequence[str] = ("team",)) -> Chargeback:
+    names = tuple(by)
+    dims = tuple(DIMENSIONS[n] for n in names)
+    separable = not (set(dims) & _CALL_ONLY)
+    buckets = source.rollups(time_range.start, time_range.end, group_by=dims)
+    total_spend = sum((b.cost for b in buckets), Decimal(0))
+    rows = []
+    for bucket in buckets:
+        if not separable and bucket.calls == 0:
+            continue  # request-only bucket (no provider/model): counted in the total only
+        group = {name: _text(bucket.group.get(dim)) for name, dim in zip(names, dims, strict=True)}
+        rows.append(_row(group, [bucket], total_spend, bucket.requests if separable else None))
+    rows.sort(key=lambda r: (-r.spend, -r.calls, [v or "" for v in r.group.values()]))
+    total = _row({n: None for n in names}, buckets, total_spend, sum(b.requests for b in buckets))
+    notes = []
+    if total.unpriced_calls:
+        notes.append(
+            f"{total.unpriced_calls} call(s) have no cost (unpriced model or no usage reported,"
+            " e.g. failed attempts): their spend is not in these figures"
+        )
+    if not separable:
+        notes.append("requests carry no provider/model: they are counted in the total, not per row")
+    if any(r.group.get("team") is None for r in rows if "team" in names):
+        notes.append("team '(none)' is spend with no owner: see `ownership-ctx coverage`")
+    return Chargeback(time_range, names, rows, total, notes)
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+_MEASURES: Final = (
+    Column("spend", "spend USD", "money"),
+    Column("share", "share", "pct"),
+    Column("requests", "requests", "int"),
+    Column("calls", "calls", "int"),
+    Column("cost_per_request", "USD/request", "money"),
+    Column("input_tokens", "input tok", "int"),
+    Column("output_tokens", "output tok", "int"),
+    Column("cache_read_tokens", "cached tok", "int"),
+    Column("retries", "retries", "int"),
+    Column("unpriced_calls", "unpriced", "int"),
+)
+
+
+def _flat(row: ChargebackRow) -> dict[str, object]:
+    flat: dict[str, object] = dict(row.group)
+    flat.update({c.key: getattr(row, c.key) for c in _MEASURES})
+    return flat
+
+
+def _document(result: Chargeback) -> Document:
+    columns = [Column(n, n) for n in result.by] + list(_MEASURES)
+    footer = _flat(result.total)
+    footer[result.by[0]] = "total"
+    table = Table(
+        "chargeback",
+        f"Chargeback by {', '.join(result.by)}",
+        columns,
+        [_flat(r) for r in result.rows],
+        footer,
+    )
+    t = result.total
+    headline = [
+        f"range {result.range.label()}",
+        f"spend {money_text(t.spend)} USD over {t.requests} request(s) and {t.calls} call(s)",
+    ]
+    data = {
+        "range": result.range.as_json(),
+        "by": list(result.by),
+        "rows": [dataclasses.asdict(r) for r in result.rows],
+        "total": dataclasses.asdict(result.total),
+    }
+    return Document("chargeback", "ownership-ctx chargeback", headline, [table], result.notes, data)

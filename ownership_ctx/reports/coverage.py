@@ -1,0 +1,335 @@
+"""Coverage: how much spend is unattributed, overall and per ISO week, and which hop lost it.
+
+Spend is *unattributed* when its provider call has no owner team, was not ``attributed``
+(quarantined, unattributed, or stamped from defaults — nobody declared it), or lacks a required
+field (by default workflow and feature). Totals, reasons and weeks come from the hourly
+rollups. The breakdown by hop reads only the unattributed calls and the hops of their traces,
+and names, per trace, the first hop where the fields went missing (`tracing.first_loss`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import Any, Final
+
+from .rendering import Column, Document, Table, money_text
+from .source import Source
+from .timerange import TimeRange, UsageError, day_label, iso_week
+from .tracing import REQUIRED, Step, first_loss
+
+__all__ = ["Coverage", "CoveragePeriod", "HopLoss", "coverage", "parse_threshold"]
+
+_REQUIRABLE: Final = ("owner_team", "workflow_id", "feature", "tenant")
+_SHARE: Final = Decimal("0.000001")
+Progress = Callable[[str], None]
+
+
+def parse_threshold(text: str) -> Decimal:
+    """``2%`` or ``0.02`` -> Decimal("0.02"). Raises `UsageError`."""
+    value = text.strip()
+    try:
+        if value.endswith("%"):
+            number = Decimal(value[:-1].strip()) / 100
+        else:
+            number = Decimal(value)
+            if number > 1:
+                raise UsageError(f"threshold {text!r}: write a percentage (2%) or a fraction")
+    except ArithmeticError:
+        raise UsageError(f"threshold {text!r} is not a number (use 2% or 0.02)") from None
+    if not number.is_finite() or not 0 <= number <= 1:
+        raise UsageError(f"threshold {text!r} must be between 0% and 100%")
+    return number
+
+
+def parse_required(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    aliases = {"team": "owner_team", "workflow": "workflow_id"}
+    fields = tuple(aliases.get(n, n) for n in names)
+    bad = [n for n in fields if n not in _REQUIRABLE]
+    if bad or "owner_team" not in fields:
+        raise UsageError(f"--require: a list of {', '.join(_REQUIRABLE)} including owner_team")
+    return fields
+
+
+@dataclasses.dataclass(frozen=True)
+class CoveragePeriod:
+    label: str
+    start: int
+    total: Decimal
+    unattributed: Decimal
+    share: Decimal
+
+
+@dataclasses.dataclass(frozen=True)
+class HopLoss:
+    hop: str
+    unit: str
+    code: str
+    fields: tuple[str, ...]
+    reason: str
+    spend: Decimal
+    calls: int
+    traces: int
+    share: Decimal  # of the unattributed spend
+
+
+@dataclasses.dataclass(frozen=True)
+class Coverage:
+    range: TimeRange
+    required: tuple[str, ...]
+    total: Decimal
+    unattributed: Decimal
+    share: Decimal
+    no_owner: Decimal
+    not_attributed: Decimal  # has an owner, but quarantined / stamped / unattributed
+    missing_fields: Decimal  # attributed, owner present, another required field absent
+    calls: int
+    unpriced_calls: int
+    weeks: list[CoveragePeriod]
+    days: list[CoveragePeriod]
+    hops: list[HopLoss] | None
+    threshold: Decimal | None
+    notes: list[str]
+
+    @property
+    def breached(self) -> bool:
+        return self.threshold is not None and self.share > self.threshold
+
+    def document(self) -> Document:
+        return _document(self)
+
+
+def _share(part: Decimal, whole: Decimal) -> Decimal:
+    return (part / whole).quantize(_SHARE) if whole else Decimal(0)
+
+
+def coverage(
+    source: Source,
+    time_range: TimeRange,
+    *,
+    required: Sequence[str] = REQUIRED,
+    threshold: Decimal | None = None,
+    hops: bool = True,
+    progress: Progress | None = None,
+) -> Coverage:
+    required = tuple(required)
+    others = tuple(f for f in required if f != "owner_team")
+    say = progress or (lambda _: None)
+    say("reading rollups")
+    buckets = source.rollups(
+        time_range.start, time_range.end, group_by=("day", "owner_team", *others)
+    )
+    total = no_owner = not_attributed = missing = Decimal(0)
+    calls = unpriced = 0
+    per_day: dict[int, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
+    for b in buckets:
+        g = b.group
+        total += b.cost
+        calls += b.calls
+        unpriced += b.unpriced_calls
+        if g["owner_team"] is None:
+            lost = b.cost
+            no_owner += lost
+        elif any(g[f] is None for f in others):
+            lost = b.cost
+            not_attributed += b.unattributed_cost
+            missing += b.cost - b.unattributed_cost
+        else:
+            lost = b.unattributed_cost
+            not_attributed += lost
+        day = per_day[int(g["day"] or 0)]
+        day[0] += b.cost
+        day[1] += lost
+    unattributed = no_owner + not_attributed + missing
+    days = [
+        CoveragePeriod(day_label(d), d, t, u, _share(u, t)) for d, (t, u) in sorted(per_day.items())
+    ]
+    weeks_acc: dict[str, list[Any]] = {}
+    for d in days:
+        acc = weeks_acc.setdefault(iso_week(d.start), [d.start, Decimal(0), Decimal(0)])
+        acc[1] += d.total
+        acc[2] += d.unattributed
+    weeks = [CoveragePeriod(w, s, t, u, _share(u, t)) for w, (s, t, u) in weeks_acc.items()]
+    breakdown = None
+    if hops and unattributed:
+        say("tracing unattributed calls to their hops")
+        breakdown = hop_breakdown(source, time_range, required, unattributed)
+    notes = []
+    if unpriced:
+        notes.append(f"{unpriced} call(s) have no cost (unpriced or no usage): not counted")
+    if not total:
+        notes.append("no priced spend in this range")
+    result = Coverage(
+        time_range,
+        required,
+        total,
+        unattributed,
+        _share(unattributed, total),
+        no_owner,
+        not_attributed,
+        missing,
+        calls,
+        unpriced,
+        weeks,
+        days,
+        breakdown,
+        threshold,
+        notes,
+    )
+    return result
+
+
+def _condition(required: Sequence[str]) -> str:
+    parts = ["coalesce(attribution, '') <> 'attributed'"]
+    parts += [f"coalesce({f}, '') = ''" for f in required]
+    return "(" + " OR ".join(parts) + ")"
+
+
+def hop_breakdown(
+    source: Source, time_range: TimeRange, required: Sequence[str], unattributed: Decimal
+) -> list[HopLoss]:
+    """Unattributed spend per (hop, unit) where its trace first lost its fields."""
+    cond = _condition(required)
+    present = ", ".join(
+        f"CASE WHEN coalesce({c}, '') = '' THEN 0 ELSE 1 END"
+        for c in ("owner_team", "workflow_id", "feature", "tenant", "user_id")
+    )
+    # One row per trace and field pattern (not per call): the work is in the database.
+    calls = source.fetch(
+        f"SELECT trace_id, coalesce(attribution, ''), {present}, min(ts), count(*),"
+        f" sum({source.cost_column}), min(provider),"
+        " min(coalesce(response_model, request_model))"
+        f" FROM provider_calls WHERE ts >= ? AND ts < ? AND {cond}"
+        f" GROUP BY trace_id, coalesce(attribution, ''), {present}",
+        (time_range.start, time_range.end),
+    )
+    steps: dict[str | None, list[Step]] = defaultdict(list)
+    money: dict[str | None, list[Any]] = defaultdict(lambda: [Decimal(0), 0])
+    names = ("owner_team", "workflow_id", "feature", "tenant", "user")
+    for row in calls:
+        trace, attribution, flags = row[0], row[1], row[2:7]
+        ts, count, cost, provider, model = row[7:12]
+        fields = frozenset(n for n, flag in zip(names, flags, strict=True) if flag)
+        unit = f"{provider or '?'} {model or '?'}"
+        steps[trace].append(Step(float(ts or 0), "call", "call", unit, attribution, (), fields))
+        money[trace][0] += source.money(cost)
+        money[trace][1] += int(count)
+    traced = [t for t in steps if t is not None]
+    hop_sql = (
+        "SELECT trace_id, ts, {hop}, {unit}, outcome, missing, owner_team, workflow_id,"
+        " feature, tenant, user_id, '{kind}' FROM {table} WHERE trace_id IN"
+        f" (SELECT trace_id FROM provider_calls WHERE ts >= ? AND ts < ? AND {cond})"
+    )
+    rows = source.fetch(
+        hop_sql.format(hop="hop", unit="unit", kind="hop", table="hops")
+        + " UNION ALL "
+        + hop_sql.format(hop="'http'", unit="route", kind="request", table="requests"),
+        (time_range.start, time_range.end) * 2,
+    )
+    for row in rows:
+        trace, ts, hop, unit, outcome, miss, *marks, kind = row
+        carried = frozenset(n for n, v in zip(names, marks, strict=True) if v)
+        missing = tuple(m for m in (miss or "").split(",") if m)
+        step = Step(
+            float(ts or 0), str(kind), str(hop or "?"), str(unit or "?"), outcome, missing, carried
+        )
+        steps[trace].append(step)
+    groups: dict[tuple[str, str, str], list[Any]] = {}
+    for trace in [*traced, *([None] if None in money else [])]:
+        if trace is None:
+            key = ("(none)", "(no trace id)", "no_envelope")
+            lost: tuple[str, ...] = tuple(required)
+            reason = "no envelope was bound where the call was made"
+        else:
+            loss = first_loss(steps[trace], required)
+            if loss is None:
+                # Only possible when hop events were not recorded: say so rather than guess.
+                key = ("(unknown)", "(no hop evidence)", "unknown")
+                lost, reason = (), "calls lack fields but no hop shows where"
+            else:
+                key = (loss.hop, loss.unit, loss.code)
+                lost, reason = loss.fields, loss.reason
+        acc = groups.setdefault(key, [Decimal(0), 0, 0, set(), reason])
+        acc[0] += money[trace][0]
+        acc[1] += money[trace][1]
+        acc[2] += 1 if trace is not None else 0
+        acc[3].update(lost)
+    out = [
+        HopLoss(
+            hop, unit, code, tuple(sorted(a[3])), a[4], a[0], a[1], a[2], _share(a[0], unattributed)
+        )
+        for (hop, unit, code), a in groups.items()
+    ]
+    out.sort(key=lambda h: (-h.spend, -h.calls, h.hop, h.unit))
+    return out
+
+
+def _document(result: Coverage) -> Document:
+    def pct(value: Decimal) -> str:
+        return f"{(value * 100).quantize(Decimal('0.01'))}%"
+
+    headline = [
+        f"range {result.range.label()}",
+        f"unattributed spend {money_text(result.unattributed)} of {money_text(result.total)} USD"
+        f" = {pct(result.share)}"
+        + (
+            f" (threshold {pct(result.threshold)}: {'BREACHED' if result.breached else 'ok'})"
+            if result.threshold is not None
+            else ""
+        ),
+        f"  no owner {money_text(result.no_owner)}, not attributed (quarantined / stamped /"
+        f" unattributed) {money_text(result.not_attributed)}, missing"
+        f" {'/'.join(f for f in result.required if f != 'owner_team') or 'fields'}"
+        f" {money_text(result.missing_fields)}",
+    ]
+    weeks = Table(
+        "weeks",
+        "Per ISO week",
+        [
+            Column("label", "week"),
+            Column("total", "spend USD", "money"),
+            Column("unattributed", "unattributed USD", "money"),
+            Column("share", "share", "pct"),
+        ],
+        [dataclasses.asdict(w) for w in result.weeks],
+    )
+    tables = [weeks]
+    if result.hops is not None:
+        tables.insert(
+            0,
+            Table(
+                "hops",
+                "Where the fields went missing (first loss per trace)",
+                [
+                    Column("hop", "hop"),
+                    Column("unit", "route/task/actor"),
+                    Column("code", "what"),
+                    Column("fields", "fields missing"),
+                    Column("spend", "unattributed USD", "money"),
+                    Column("share", "of unattributed", "pct"),
+                    Column("calls", "calls", "int"),
+                    Column("traces", "traces", "int"),
+                ],
+                [dataclasses.asdict(h) for h in result.hops],
+            ),
+        )
+    data = {
+        "range": result.range.as_json(),
+        "required": list(result.required),
+        "total": result.total,
+        "unattributed": result.unattributed,
+        "share": result.share,
+        "threshold": result.threshold,
+        "breached": result.breached,
+        "no_owner": result.no_owner,
+        "not_attributed": result.not_attributed,
+        "missing_fields": result.missing_fields,
+        "calls": result.calls,
+        "unpriced_calls": result.unpriced_calls,
+        "weeks": result.weeks,
+        "hops": result.hops,
+    }
+    return Document("coverage", "ownership-ctx coverage", headline, tables, result.notes, data)

@@ -1,0 +1,187 @@
+"""Renderers shared by every report: terminal tables, CSV and JSON.
+
+A report hands over `Document`: a title, headline lines, tables and notes (what it could not
+count). Money stays `Decimal` until here: CSV and JSON print it exactly (no float ever); the
+terminal rounds it for the eye only.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any, Final, Literal
+
+__all__ = ["Column", "Document", "Table", "money_text", "render", "to_jsonable"]
+
+Kind = Literal["text", "int", "money", "pct", "num"]
+Format = Literal["table", "csv", "json"]
+_MONEY_DISPLAY: Final = Decimal("0.000001")
+_PCT_DISPLAY: Final = Decimal("0.01")
+_MISSING: Final = "(none)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    key: str
+    title: str
+    kind: Kind = "text"
+
+
+@dataclasses.dataclass
+class Table:
+    name: str
+    title: str
+    columns: Sequence[Column]
+    rows: Sequence[Mapping[str, Any]]
+    footer: Mapping[str, Any] | None = None  # a totals row, shown under a rule
+    records: bool = False  # long text: one block per row instead of columns, on a terminal
+
+
+@dataclasses.dataclass
+class Document:
+    report: str
+    title: str
+    headline: list[str] = dataclasses.field(default_factory=list)
+    tables: list[Table] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)  # the JSON document
+
+
+def money_text(value: Decimal | None) -> str:
+    """Exact, plain (no exponent) and without trailing zeros: ``0.0045``, ``12``, ``0``."""
+    if value is None:
+        return ""
+    if value == 0:
+        return "0"
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
+
+
+def to_jsonable(value: Any) -> Any:
+    """JSON-ready values: decimals as exact strings, tuples as lists, dataclasses as dicts."""
+    if isinstance(value, Decimal):
+        return money_text(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def _cell(value: Any, kind: Kind, *, exact: bool) -> str:
+    if value is None:
+        return "" if exact else ("-" if kind != "text" else _MISSING)
+    if kind == "money" and isinstance(value, Decimal):
+        if exact:
+            return money_text(value)
+        return format(value.quantize(_MONEY_DISPLAY), ",f")
+    if kind == "pct" and isinstance(value, Decimal):
+        if exact:
+            return money_text(value)
+        return f"{(value * 100).quantize(_PCT_DISPLAY)}%"
+    if kind == "int" and isinstance(value, int) and not exact:
+        return f"{value:,}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def render_table(table: Table, width: int | None = None) -> str:
+    """Aligned columns for a terminal: numbers right, text left; long text cut with '…'."""
+    header = [c.title for c in table.columns]
+    body = [
+        [_cell(row.get(c.key), c.kind, exact=False) for c in table.columns] for row in table.rows
+    ]
+    if table.records:
+        return _render_records(table)
+    footer = (
+        [
+            _cell(table.footer[c.key], c.kind, exact=False) if c.key in table.footer else ""
+            for c in table.columns
+        ]
+        if table.footer is not None
+        else None
+    )
+    every = [header, *body, *([footer] if footer else [])]
+    widths = [max(len(line[i]) for line in every) for i in range(len(header))]
+    limit = width if width is not None else shutil.get_terminal_size((120, 24)).columns
+    # Shrink the widest text column until the table fits the terminal (never below 12).
+    text_columns = [i for i, c in enumerate(table.columns) if c.kind == "text"]
+    while sum(widths) + 2 * (len(widths) - 1) > limit and text_columns:
+        widest = max(text_columns, key=lambda i: widths[i])
+        if widths[widest] <= 12:
+            break
+        widths[widest] -= 1
+
+    def line(cells: Sequence[str]) -> str:
+        out = []
+        for i, cell in enumerate(cells):
+            if len(cell) > widths[i]:
+                cell = cell[: widths[i] - 1] + "…"
+            numeric = table.columns[i].kind != "text"
+            out.append(cell.rjust(widths[i]) if numeric else cell.ljust(widths[i]))
+        return "  ".join(out).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    lines = [table.title, line(header), rule, *(line(r) for r in body)]
+    if not body:
+        lines.append("(no rows)")
+    if footer:
+        lines.extend([rule, line(footer)])
+    return "\n".join(lines)
+
+
+def _render_records(table: Table) -> str:
+    """``first column  second column`` as a heading per row, the other columns under it."""
+    lines = [table.title]
+    head, *rest = table.columns
+    for row in table.rows:
+        lines.append(f"{_cell(row.get(head.key), head.kind, exact=False)}")
+        for column in rest:
+            value = _cell(row.get(column.key), column.kind, exact=False)
+            if value not in ("", "-"):
+                lines.append(f"    {column.title}: {value}")
+    if not table.rows:
+        lines.append("(none)")
+    return "\n".join(lines)
+
+
+def render_csv(table: Table) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([c.key for c in table.columns])
+    for row in table.rows:
+        writer.writerow([_cell(row.get(c.key), c.kind, exact=True) for c in table.columns])
+    return out.getvalue()
+
+
+def render(document: Document, fmt: Format, width: int | None = None) -> str:
+    """The whole document in one format. CSV carries the first table only (one CSV, one
+    table); JSON carries everything, exactly."""
+    if fmt == "json":
+        payload = {
+            "report": document.report,
+            "title": document.title,
+            **to_jsonable(document.data),
+            "notes": list(document.notes),
+        }
+        return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
+    if fmt == "csv":
+        return render_csv(document.tables[0]) if document.tables else ""
+    parts = [document.title, *document.headline]
+    for table in document.tables:
+        parts.append("")
+        parts.append(render_table(table, width))
+    if document.notes:
+        parts.append("")
+        parts.extend(f"note: {n}" for n in document.notes)
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,154 @@
+"""What reports read from: the store's public rollup/trace API plus a few raw-row queries.
+
+Aggregates come from `EventQueries.rollups` (hourly buckets: cost grows with the number of
+groups, not events). What rollups cannot answer (which hop lost a trace's fields, the most
+expensive requests, the most recent traces) is plain SQL over the raw tables, written once
+with ``?`` placeholders and run on SQLite or PostgreSQL. Reports never write: the SQLite file
+is opened read-only, and a missing file is an error rather than a new empty store.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any, Final
+
+from ownership_ctx.sinks.query import EventQueries, RollupRow, open_store
+
+__all__ = ["Source", "StoreError", "open_source"]
+
+_NANO_EXPONENT: Final = -9
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or read (exit code 2 in the command)."""
+
+
+class Source:
+    """One store, for the duration of a report. Use as a context manager."""
+
+    def __init__(self, url: str, queries: EventQueries, raw: Any, dialect: str) -> None:
+        self.url = url
+        self.queries = queries
+        self.dialect = dialect  # "sqlite" or "postgresql"
+        self._raw = raw
+        # Summing costs exactly: SQLite keeps integer nano-dollars, PostgreSQL exact NUMERIC.
+        self.cost_column = "cost_nanousd" if dialect == "sqlite" else "cost"
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        finally:
+            self.queries.close()
+
+    # -- rollups and traces (the store's own API) ---------------------------------------------
+
+    def rollups(
+        self,
+        start: float,
+        end: float,
+        group_by: Sequence[str] = (),
+        where: Mapping[str, str | None] | None = None,
+    ) -> list[RollupRow]:
+        try:
+            return self.queries.rollups(start, end, group_by=group_by, where=where)
+        except Exception as e:
+            if _is_database_error(e):
+                raise StoreError(f"cannot read rollups: {e}") from e
+            raise
+
+    def events_by_trace(self, trace_id: str) -> list[dict[str, Any]]:
+        return self.queries.events_by_trace(trace_id)
+
+    # -- raw rows -----------------------------------------------------------------------------
+
+    def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run ``sql`` (``?`` placeholders) and return every row."""
+        if self.dialect == "postgresql":
+            sql = sql.replace("?", "%s")
+        try:
+            cursor = self._raw.execute(sql, list(params))
+            return list(cursor.fetchall())
+        except Exception as e:
+            if _is_database_error(e):
+                raise StoreError(f"cannot query the store: {e}") from e
+            raise
+
+    def money(self, value: Any) -> Decimal:
+        """A summed cost column as exact dollars (``None`` -> 0)."""
+        if value is None:
+            return Decimal(0)
+        if self.dialect == "sqlite":
+            return Decimal(int(value)).scaleb(_NANO_EXPONENT)
+        return Decimal(value)
+
+    def body(self, value: Any) -> dict[str, Any]:
+        """An event body column (JSON text on SQLite, JSONB on PostgreSQL)."""
+        if isinstance(value, dict):
+            return value
+        import json
+
+        try:
+            decoded = json.loads(value)
+        except (TypeError, ValueError):
+            return {}
+        return decoded if isinstance(decoded, dict) else {}
+
+
+def _is_database_error(error: Exception) -> bool:
+    # psycopg is optional: recognise its errors by module rather than importing it.
+    return isinstance(error, (sqlite3.Error, OSError)) or type(error).__module__.startswith(
+        "psycopg"
+    )
+
+
+def open_source(url: str) -> Source:
+    """Open the store at ``url`` for reading. Raises `StoreError` when it is not there."""
+    scheme = url.split(":", 1)[0].lower()
+    try:
+        if scheme == "sqlite":
+            return _open_sqlite(url)
+        if scheme in ("postgresql", "postgres"):
+            return _open_postgres(url)
+    except StoreError:
+        raise
+    except Exception as e:
+        raise StoreError(f"cannot open the store: {type(e).__name__}: {e}") from e
+    raise StoreError(f"reports read sqlite:/// or postgresql:// stores, not {scheme!r}")
+
+
+def _open_sqlite(url: str) -> Source:
+    from ownership_ctx.sinks.sqlite import SQLiteStore
+
+    queries = open_store(url)
+    assert isinstance(queries, SQLiteStore)
+    if not os.path.exists(queries.path):
+        raise StoreError(f"no event store at {queries.path!r} (set --db or OWNERSHIP_CTX_SINK_URL)")
+    raw = sqlite3.connect(f"file:{os.path.abspath(queries.path)}?mode=ro", uri=True, timeout=5)
+    tables = {name for (name,) in raw.execute("SELECT name FROM sqlite_master")}
+    if "provider_calls" not in tables or "rollup_hourly" not in tables:
+        raw.close()
+        raise StoreError(f"{queries.path!r} is not an ownership_ctx event store")
+    return Source(url, queries, raw, "sqlite")
+
+
+def _open_postgres(url: str) -> Source:
+    import psycopg
+
+    from ownership_ctx.sinks.postgres import PostgresStore
+
+    queries = open_store(url)
+    assert isinstance(queries, PostgresStore)
+    options = f"-c search_path={queries.schema}" if queries.schema else ""
+    raw = psycopg.connect(queries.conninfo, autocommit=True, connect_timeout=5, options=options)
+    # The store creates its schema on first use; reading through it makes sure it exists.
+    queries.rollups(0, 1)
+    return Source(url, queries, raw, "postgresql")
