@@ -34,7 +34,10 @@ __all__ = ["FACTORS", "Anomaly", "ModelStats", "PeriodStats", "anomaly", "decomp
 
 FACTORS: Final = ("volume", "calls_per_request", "mix", "tokens_per_call", "price", "unmodeled")
 _PRECISION: Final = 90
-_QUANTUM: Final = Decimal(1).scaleb(-24)  # intermediate products: far below any real cost
+# Intermediate products are rounded to a pico-dollar: the contributions then have few enough
+# digits to add up exactly even in Decimal's default 28-digit context for any real amounts
+# (extreme synthetic ratios may need a wider context to sum, never to be exact).
+_QUANTUM: Final = Decimal(1).scaleb(-12)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -257,7 +257,7 @@ def _explained(trace: str, calls: Sequence[Mapping[str, Any]], check: _Check) ->
 
 
 def _counts(counter: Counter[str]) -> str:
-    return ", ".join(f"{n} {name}" for name, n in counter.items()) or "none seen"
+    return ", ".join(f"{counter[name]} {name}" for name in sorted(counter)) or "none seen"
 
 
 def _answers(

@@ -106,6 +106,18 @@ def _fmt(value: Decimal, places: str = "0.0001") -> str:
     return format(value.quantize(Decimal(places)), ",f")
 
 
+def _nice(value: Decimal) -> Decimal:
+    """The smallest 1, 2, 2.5 or 5 x 10^k at or above ``value``: round axis labels."""
+    if value <= 0:
+        return Decimal(1)
+    exponent = value.adjusted()
+    for step in (Decimal(1), Decimal(2), Decimal("2.5"), Decimal(5), Decimal(10)):
+        candidate = step.scaleb(exponent)
+        if candidate >= value:
+            return candidate
+    return Decimal(10).scaleb(exponent)
+
+
 def _colour(series: str, index: int) -> str:
     if series == "(unattributed)":
         return _UNATTRIBUTED_COLOUR
@@ -114,11 +126,16 @@ def _colour(series: str, index: int) -> str:
     return _PALETTE[index % len(_PALETTE)]
 
 
+def _axis(value: Decimal) -> str:
+    text = format(value.normalize(), "f") if value else "0"
+    return text
+
+
 def _spend_chart(report: HtmlReport) -> str:
     width, height, left, bottom, top = 760, 260, 64, 40, 12
     days = report.days
     stacks = [sum((s.get(d, Decimal(0)) for s in report.spend.values()), Decimal(0)) for d in days]
-    peak = max(stacks, default=Decimal(0)) or Decimal(1)
+    peak = _nice(max(stacks, default=Decimal(0)))
     plot_w, plot_h = width - left - 12, height - bottom - top
     slot = plot_w / max(len(days), 1)
     bar = max(slot * 0.7, 1.0)
@@ -132,7 +149,7 @@ def _spend_chart(report: HtmlReport) -> str:
         parts.append(
             f'<line x1="{left}" x2="{width - 12}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
             f'<text x="{left - 6}" y="{y + 4:.1f}" class="axis" text-anchor="end">'
-            f"{_e(_fmt(value, '0.01'))}</text>"
+            f"{_e(_axis(value))}</text>"
         )
     for i, day in enumerate(days):
         x = left + i * slot + (slot - bar) / 2
@@ -163,10 +180,10 @@ def _spend_chart(report: HtmlReport) -> str:
 
 def _coverage_chart(report: HtmlReport) -> str:
     width, height, left, bottom, top = 760, 200, 64, 36, 12
-    days = [d for d in report.coverage.days]
-    plot_w, plot_h = width - left - 12, height - bottom - top
+    days = list(report.coverage.days)
+    plot_w, plot_h = width - left - 40, height - bottom - top
     shares = [d.share for d in days]
-    ceiling = max([*shares, report.threshold * 2, Decimal("0.05")])
+    ceiling = min(_nice(max([*shares, report.threshold * 2, Decimal("0.05")])), Decimal(1))
     parts = [
         f'<svg class="chart" viewBox="0 0 {width} {height}" role="img"'
         ' aria-label="Unattributed share per day">'
@@ -175,14 +192,14 @@ def _coverage_chart(report: HtmlReport) -> str:
         value = ceiling * i / 4
         y = top + plot_h - float(value / ceiling) * plot_h
         parts.append(
-            f'<line x1="{left}" x2="{width - 12}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
+            f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
             f'<text x="{left - 6}" y="{y + 4:.1f}" class="axis" text-anchor="end">'
             f"{_e(_fmt(value * 100, '0.1'))}%</text>"
         )
     ty = top + plot_h - float(report.threshold / ceiling) * plot_h
     parts.append(
-        f'<line x1="{left}" x2="{width - 12}" y1="{ty:.1f}" y2="{ty:.1f}" class="threshold"/>'
-        f'<text x="{width - 14}" y="{ty - 4:.1f}" class="axis" text-anchor="end">threshold'
+        f'<line x1="{left}" x2="{left + plot_w}" y1="{ty:.1f}" y2="{ty:.1f}" class="threshold"/>'
+        f'<text x="{left + plot_w}" y="{ty - 4:.1f}" class="axis" text-anchor="end">threshold'
         f" {_e(_fmt(report.threshold * 100, '0.1'))}%</text>"
     )
     step = plot_w / max(len(days) - 1, 1)
@@ -225,7 +242,7 @@ def _top_section(report: HtmlReport) -> str:
     if not report.top:
         return "<p>No traced provider calls in this range.</p>"
     out = []
-    for t in report.top:
+    for rank, t in enumerate(report.top):
         route = next((h.unit for h in t.hops if h.kind == "request"), None) or next(
             (f"{h.hop} {h.unit}" for h in t.hops), "(no hop)"
         )
@@ -248,8 +265,9 @@ def _top_section(report: HtmlReport) -> str:
             ],
             {0, 5, 6, 7},
         )
+        opened = " open" if rank < 3 else ""
         out.append(
-            f"<details><summary><b>{_e(money_text(t.total))} USD</b> · {_e(route)} ·"
+            f"<details{opened}><summary><b>{_e(money_text(t.total))} USD</b> · {_e(route)} ·"
             f" {_e(owner)} · {len(t.calls)} call(s) · <code>{_e(t.trace_id)}</code></summary>"
             f"{calls}</details>"
         )

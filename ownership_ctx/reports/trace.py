@@ -95,6 +95,11 @@ def _int(value: Any) -> int | None:
         return None
 
 
+def _str(value: Any) -> str | None:
+    # Event bodies are whatever was emitted: a number where a name belongs is shown as text.
+    return None if value is None or value == "" else str(value)
+
+
 def _float(value: Any) -> float | None:
     try:
         return None if value is None else float(value)
@@ -136,7 +141,7 @@ def build(trace_id: str, events: Sequence[Mapping[str, Any]]) -> TraceReport:
             )
             if kind == "request":
                 for f in owner:
-                    owner[f] = owner[f] or e.get(f)
+                    owner[f] = owner[f] or _str(e.get(f))
         elif kind == "provider_call":
             requested = str(e.get("gen_ai.request.model") or "?")
             calls.append(
@@ -148,21 +153,21 @@ def build(trace_id: str, events: Sequence[Mapping[str, Any]]) -> TraceReport:
                     str(e.get("gen_ai.provider.name") or "?"),
                     str(e.get("gen_ai.response.model") or requested),
                     requested,
-                    e.get("service_tier"),
+                    _str(e.get("service_tier")),
                     _int(e.get("gen_ai.usage.input_tokens")),
                     _int(e.get("gen_ai.usage.output_tokens")),
                     _int(e.get("gen_ai.usage.cache_read.input_tokens")),
                     _float(e.get("latency_ms")),
                     _decimal(e.get("cost")),
-                    e.get("cost_source"),
-                    e.get("fallback_of"),
+                    _str(e.get("cost_source")),
+                    _str(e.get("fallback_of")),
                     bool(e.get("app_cache_hit")),
                     _decimal(e.get("cost_avoided")),
-                    e.get("owner_team"),
+                    _str(e.get("owner_team")),
                 )
             )
             for f in owner:
-                owner[f] = owner[f] or e.get(f)
+                owner[f] = owner[f] or _str(e.get(f))
         else:
             others += 1
     total = sum((c.cost for c in calls if c.cost is not None), Decimal(0))
