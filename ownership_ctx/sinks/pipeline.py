@@ -310,7 +310,6 @@ class Pipeline:
         self._start_lock = threading.Lock()
         self._overflow_lock = threading.Lock()
         self._wakeup = threading.Event()
-        self._stop = False
         self._retry_at = 0.0
         self._backoff = self.retry_initial
         self._spool_bytes = 0
@@ -443,18 +442,20 @@ class Pipeline:
                         self._closed = True
                     thread.join(max(0.0, deadline - time.monotonic()))
                     if thread.is_alive():
-                        finished = False
-                        _warn_once("close", "writer still busy at close; leaving it")
+                        # The backend hangs (or the replay is long): what is still queued goes
+                        # to the spool rather than die with the process.
+                        _warn_once("close", "writer still busy at close; spooling the queue")
+                        self._spool_queue()
                         return False
                     # Events that raced past the flag after the writer's last look.
-                    self._drain_inline(deadline)
+                    self._drain_inline(deadline, closing=True)
                     self._finish()
                 return finished and marker.complete
             if stop:
                 with self._start_lock:
                     self._accepting = False
                     self._closed = True
-            complete = self._drain_inline(deadline)
+            complete = self._drain_inline(deadline, closing=stop)
             if stop:
                 self._finish()
             return complete
@@ -463,15 +464,43 @@ class Pipeline:
             _warn_once("flush", "flush failed", exc)
             return False
 
-    def _drain_inline(self, deadline: float) -> bool:
+    def _spool_queue(self) -> None:
+        segment = self._overflow_seg
+        if segment is None:
+            return
+        lines = []
+        while True:
+            try:
+                item = self._queue.popleft()
+            except IndexError:
+                break
+            if type(item) is not _Marker:
+                lines.append(encode_event(item) + "\n")
+        if not lines:
+            return
+        with self._overflow_lock:
+            try:
+                segment.append("".join(lines).encode())
+                segment.seal()
+            except OSError as exc:
+                events.count("sink_spool_errors")
+                events.count("sink_dropped", len(lines))
+                _warn_once("spool_write", f"cannot write the spool: {exc}", exc)
+                return
+        events.count("sink_spilled", len(lines))
+
+    def _drain_inline(self, deadline: float, closing: bool = False) -> bool:
         """No writer thread (never started, or gone): do its work on the calling thread."""
         queue = self._queue
         while queue and time.monotonic() < deadline:
+            if closing and not self._can_try() and self.spool_dir is not None:
+                self._spool_queue()  # the backend is down: make the rest durable and go
+                break
             batch = self._take()[0]
             if batch:
                 self._deliver(batch)
         self._seal_spool()
-        return self._replay_until(deadline) and not queue
+        return self._replay_until(deadline, closing) and not queue
 
     def _finish(self) -> None:
         self._seal_spool()
@@ -501,12 +530,14 @@ class Pipeline:
             self._deliver(batch)
         for marker in markers:
             self._seal_spool()
-            marker.complete = self._replay_until(marker.deadline)
+            marker.complete = self._replay_until(marker.deadline, closing=marker.stop)
             marker.done.set()
             if marker.stop:
                 return True
         if batch or markers:
             return False
+        if self._closed:
+            return True  # close() gave up waiting for us and spooled the queue: done
         # Idle: make spooled events durable, replay a segment when the backend is up.
         self._sync_spool()
         if self.spool_dir is not None and self._can_try():
@@ -624,9 +655,9 @@ class Pipeline:
 
     # -- replay ------------------------------------------------------------------------------
 
-    def _replay_until(self, deadline: float) -> bool:
+    def _replay_until(self, deadline: float, closing: bool = False) -> bool:
         """Replay ready segments until none is left (True) or the deadline passes (False),
-        waiting out the backoff while the backend fails."""
+        waiting out the backoff while the backend fails (closing: only a short one)."""
         if self.spool_dir is None:
             return not self._queue
         while True:
@@ -634,6 +665,8 @@ class Pipeline:
             if now >= deadline:
                 return False
             if not self._can_try():
+                if closing and self._retry_at - now > 1.0:
+                    return False  # all of it is durable in the spool; do not hold up exit
                 time.sleep(max(0.0, min(self._retry_at - now, deadline - now, 0.05)))
                 continue
             if self._mine_pending():

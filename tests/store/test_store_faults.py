@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -261,18 +262,23 @@ def test_normal_exit_with_events_still_queued(tmp_path: Path, db_url: str) -> No
 # -- SIGKILL: the loss window --------------------------------------------------------------------
 
 CRASHER = """
-import sys, time
+import mmap, struct, sys, time
 from ownership_ctx import events
 from ownership_ctx.sinks.config import install
 install(sys.argv[1])
 rate = float(sys.argv[2])  # events per second; 0: as fast as possible
+# The count of events emitted so far, in a shared mapping that outlives a SIGKILL.
+with open(sys.argv[3], "r+b") as f:
+    emitted = mmap.mmap(f.fileno(), 8)
 start = time.perf_counter()
 i = 0
 while True:
     events.emit({"kind": "provider_call", "event_id": f"crash-{i}", "owner_team": "t"})
     i += 1
-    if i % 500 == 0:
-        print(i, flush=True)
+    struct.pack_into("q", emitted, 0, i)
+    if i % 100 == 0:
+        if i == 100:
+            print("running", flush=True)
         if rate:
             ahead = i / rate - (time.perf_counter() - start)
             if ahead > 0:
@@ -280,37 +286,44 @@ while True:
 """
 
 
-def _crash(db_url: str, rate: float, seconds: float) -> tuple[int, int]:
-    """Run an emitter, SIGKILL it, return (events emitted before the last report, lost)."""
-    child = python(CRASHER, db_url, str(rate))
+def _crash(db_url: str, options: str, rate: float, seconds: float) -> tuple[int, int]:
+    """Run an emitter, SIGKILL it after ``seconds``, return (events it emitted, lost)."""
+    counter = Path(db_url[len("sqlite:///") :] + ".emitted")
+    counter.write_bytes(bytes(8))
+    child = python(CRASHER, db_url + options, str(rate), str(counter))
     assert child.stdout is not None
-    reported = 0
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        line = child.stdout.readline()
-        if not line:
-            break
-        reported = int(line)
+    assert child.stdout.readline().strip() == "running"
+    time.sleep(seconds)
     child.send_signal(signal.SIGKILL)
     child.wait(10)
+    (emitted,) = struct.unpack("q", counter.read_bytes())
     # The next process recovers the dead one's spool segments.
     pipeline = Pipeline(open_backend(db_url), spool_dir=db_url[len("sqlite:///") :] + ".spool")
     pipeline.flush(30)
     pipeline.close()
     stored = set(open_backend(db_url).event_ids())
-    lost = sum(1 for i in range(reported) if f"crash-{i}" not in stored)
-    return reported, lost
+    assert all(f"crash-{i}" in stored for i in range(emitted // 2))  # losses are recent ones
+    return emitted, sum(1 for i in range(emitted) if f"crash-{i}" not in stored)
 
 
-@pytest.mark.parametrize(("rate", "label"), [(5000.0, "steady 5k/s"), (0.0, "flood")])
-def test_sigkill_loss_window(tmp_path: Path, rate: float, label: str) -> None:
+@pytest.mark.parametrize(
+    ("rate", "options", "bound"),
+    [
+        (5000.0, "", 2_000),  # about interval x rate + the batch being written
+        (5000.0, "?interval=0.02&batch=200", 1_000),
+        (0.0, "", 22_100),  # flood: the queue bound + one batch (+ a few racing emits)
+        (0.0, "?queue=1000&batch=200", 1_300),
+    ],
+    ids=["steady-5k/s-defaults", "steady-5k/s-interval0.02", "flood-defaults", "flood-queue1000"],
+)
+def test_sigkill_loss_window(tmp_path: Path, rate: float, options: str, bound: int) -> None:
     db_url = f"sqlite:///{tmp_path / 'events.db'}"
-    reported, lost = _crash(db_url, rate, 2.0)
-    assert reported > 0
-    # Lost at most: the queue bound plus one batch in flight (defaults 20000 + 2000).
-    assert lost <= 22_000
-    result = {"case": label, "emitted": reported, "lost": lost}
-    print(f"\nSIGKILL loss window ({label}): {json.dumps(result)}")
+    emitted, lost = _crash(db_url, options, rate, 1.5)
+    assert emitted > 0
+    assert lost <= bound
+    result = {"rate": rate or "flood", "options": options or "defaults", "emitted": emitted}
+    result["lost"] = lost
+    print(f"\nSIGKILL loss window: {json.dumps(result)}")
     out = os.environ.get("OWNERSHIP_CTX_CRASH_REPORT")
     if out:
         with open(out, "a") as f:

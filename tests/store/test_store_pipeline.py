@@ -285,3 +285,39 @@ def test_fork_child_gets_its_own_writer_and_none_of_the_parents_events(tmp_path:
     assert sorted(written[str(os.getpid())]) == sorted(e["event_id"] for e in pending)
     for pid, ids in children.items():
         assert sorted(written[str(pid)]) == sorted(ids)
+
+
+def test_close_does_not_wait_out_a_long_backoff(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    backend = FakeBackend()
+    backend.down = True
+    p = pipeline(backend, spool, retry_initial=5, retry_max=5)
+    sent = [provider_call() for _ in range(300)]
+    for e in sent:
+        p.emit(e)
+    started = time.monotonic()
+    assert not p.close(10)
+    assert time.monotonic() - started < 3  # spooled and gone, not 10 s of waiting
+    fresh = FakeBackend()
+    q = pipeline(fresh, spool)
+    assert q.close(10)
+    assert set(fresh.ids) == {e["event_id"] for e in sent}
+
+
+def test_close_spools_the_queue_when_the_backend_hangs(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    backend = FakeBackend()
+    backend.delay = 1.5
+    p = pipeline(backend, spool, queue_size=5000)
+    sent = [provider_call() for _ in range(1000)]
+    for e in sent:
+        p.emit(e)
+    time.sleep(0.1)  # the writer is inside its first (slow) batch
+    assert not p.close(0.3)
+    backend.delay = 0
+    fresh = FakeBackend()
+    q = pipeline(fresh, spool)
+    assert q.close(10)
+    time.sleep(1.6)  # the hung batch finishes in the old writer, which then exits
+    assert set(backend.ids) | set(fresh.ids) == {e["event_id"] for e in sent}
+    assert p._thread is not None and not p._thread.is_alive()
