@@ -150,11 +150,9 @@ def open_sink(url: str, **pipeline_options: Any) -> events.Sink:
         maxlen = parsed.params.get("maxlen")
         return MemorySink(int(maxlen) if maxlen else 100_000)
     backend: Backend = open_backend(url)
-    options: dict[str, Any] = {
-        "spool_dir": _spool_dir(parsed),
-        "name": parsed.scheme,
-        **parsed.options(_PIPELINE_OPTIONS),
-    }
+    options: dict[str, Any] = {"name": parsed.scheme, **parsed.options(_PIPELINE_OPTIONS)}
+    if "spool_dir" not in pipeline_options:
+        options["spool_dir"] = _spool_dir(parsed)  # creates the default directory: only if used
     if "spool_max_mb" in parsed.params:
         options["spool_max_bytes"] = int(float(parsed.params["spool_max_mb"]) * (1 << 20))
     options.update(pipeline_options)
