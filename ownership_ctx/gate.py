@@ -363,6 +363,10 @@ class Gate:
             return _Decision(None, "rejected", missing, tuple(problems), trace_id, trusted)
         if missing or (invalid and mode != "stamp"):
             local = "quarantined"
+        elif incoming == "unattributed" and local == "stamped":
+            # Published with nothing bound (a scheduler, a script) and owned by configuration
+            # here: that is what "stamped" means, not lost ownership.
+            incoming = "stamped"
         attribution = incoming if _RANK[incoming] >= _RANK[local] else local
         template = _assemble(_NO_TRACE_ID, fields, extras, attribution)
         return _Decision(template, attribution, missing, tuple(problems), trace_id, trusted)
@@ -393,7 +397,7 @@ class Gate:
         """
         envelope = _envelope.get()
         if envelope is None:
-            envelope = Envelope(trace_id=_mint_trace_id(), attribution="unattributed")
+            envelope = _assemble(_mint_trace_id(), {}, (), "unattributed")
         if header == BAGGAGE_HEADER:
             return envelope, encode(envelope, carrier, self.keys)
         carrier[header] = encode_header(envelope, self.keys)

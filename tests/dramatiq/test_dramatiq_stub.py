@@ -182,12 +182,11 @@ def test_queue_based_rules_through_the_unit_function() -> None:
     load.send()
     _run(broker, "batch")
     assert len(ran) == 1 and ran[0] is not None
-    # Published with nothing bound: the defaults fill the owner, and the worse mark
-    # (unattributed, from the publisher) stays, so coverage reports still count it.
+    # Published with nothing bound, owned by configuration here: "stamped", as a beat task.
     assert (ran[0].owner_team, ran[0].workflow_id, ran[0].attribution) == (
         "data",
         "etl",
-        "unattributed",
+        "stamped",
     )
 
 
