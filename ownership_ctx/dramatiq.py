@@ -27,6 +27,7 @@ from dramatiq.broker import Broker, MessageProxy
 from dramatiq.message import Message
 from dramatiq.middleware import SkipMessage
 
+from . import events
 from .codec import QUEUE_HEADER
 from .gate import Entry, Gate
 from .hashing import Keys
@@ -90,6 +91,9 @@ class OwnershipMiddleware(dramatiq.Middleware):
 
     def before_worker_boot(self, broker: Broker, worker: Any) -> None:
         self._place_first(broker)
+
+    def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
+        events.flush()  # events of the last messages are written before the process exits
 
     # -- enqueue ---------------------------------------------------------------------------
 

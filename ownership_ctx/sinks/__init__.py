@@ -1,13 +1,34 @@
 """Event sinks: where `ownership_ctx.events.emit` hands events.
 
-A sink is anything with ``emit(event: Mapping) -> None`` (`ownership_ctx.events.Sink`). Here:
-`MemorySink` (tests, demos) and `JsonLinesSink` (one JSON object per line). Durable SQLite /
-PostgreSQL sinks build on the same interface.
+A sink is anything with ``emit(event: Mapping) -> None`` (`ownership_ctx.events.Sink`).
+`install` builds one from a URL (``sqlite:///events.db``, ``postgresql://...``,
+``jsonl:///events.jsonl``, ``memory://``, ``otel://``; default ``OWNERSHIP_CTX_SINK_URL``):
+a `Pipeline` in front of a store, which never blocks or fails the host. `open_store` reads
+what was stored. `MemorySink` and `JsonLinesSink` serve tests and small scripts.
 """
 
 from __future__ import annotations
 
+from .config import from_env, install, open_backend, open_sink
 from .jsonl import JsonLinesSink, to_json
 from .memory import MemorySink
+from .pipeline import Pipeline, close_all, flush_all
+from .query import DIMENSIONS, MEASURES, EventQueries, RollupRow, open_store
 
-__all__ = ["JsonLinesSink", "MemorySink", "to_json"]
+__all__ = [
+    "DIMENSIONS",
+    "MEASURES",
+    "EventQueries",
+    "JsonLinesSink",
+    "MemorySink",
+    "Pipeline",
+    "RollupRow",
+    "close_all",
+    "flush_all",
+    "from_env",
+    "install",
+    "open_backend",
+    "open_sink",
+    "open_store",
+    "to_json",
+]
