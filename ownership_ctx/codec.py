@@ -52,6 +52,7 @@ __all__ = [
     "new_trace_id",
     "parse",
     "split_trace_id",
+    "split_volatile",
     "trace_id_from_traceparent",
 ]
 
@@ -119,6 +120,8 @@ def trace_id_from_traceparent(value: str | None) -> str | None:
 
 
 _TRACE_ENTRY: Final = PREFIX + "trace_id="
+_SIGNATURE_ENTRY: Final = PREFIX + "sig="
+_SIGNATURE_VALUE = re.compile(r"s1:[0-9a-f]{32}")
 _TRACE_KEY: Final = PREFIX + "trace_id"
 _SIGNATURE_KEY: Final = PREFIX + "sig"
 # A version entry other than a plain ``v=1``: the parser then drops the whole envelope.
@@ -127,29 +130,25 @@ _ODD_VERSION = re.compile(r"(?:^|,)\s*ownership\.v\s*=(?!1(?:,|$))")
 _SPLIT_MAX_CHARS: Final = 2048
 
 
-def split_trace_id(text: str) -> tuple[str | None, str]:
-    """``(trace_id, text without that entry)`` when ``text`` holds exactly one plain, valid,
-    unsigned ``ownership.trace_id`` entry; else ``(None, text)``.
+def split_volatile(text: str) -> tuple[str | None, str | None, str]:
+    """``(trace_id, signature, rest)``: the two entries that change on every request cut out
+    of ``text``, when it holds exactly one plain, valid ``ownership.trace_id`` entry and at
+    most one plain ``ownership.sig`` entry; else ``(None, None, text)``.
 
     Lets callers cache what the rest of an envelope means: the rest repeats across requests,
-    the trace id never does. Anything unusual (a signature, which covers the trace id; a
-    duplicate; odd spacing) is left in place for the full parser to judge.
+    the trace id and its signature never do. Anything unusual (a duplicate, odd spacing, a
+    malformed signature, the W3C limits near) is left in place for the full parser to judge.
     """
     if len(text) > _SPLIT_MAX_CHARS or text.count(",") >= MAX_BAGGAGE_ENTRIES - 1:
         # Near the W3C limits the header may be dropped whole, or entries past the 180th
         # skipped: cutting an entry out would change that verdict.
-        return None, text
-    start = text.find(_TRACE_ENTRY)
-    if start < 0 or (start > 0 and text[start - 1] != ","):
-        return None, text
-    begin = start + len(_TRACE_ENTRY)
-    end = begin + 32
-    if end < len(text) and text[end] != ",":
-        return None, text
-    trace_id = text[begin:end]
-    if _TRACE_ID.fullmatch(trace_id) is None or trace_id == "0" * 32:
-        return None, text
-    rest = text[:start] + text[end + 1 :] if end < len(text) else text[: max(start - 1, 0)]
+        return None, None, text
+    trace_id, rest = _cut(text, _TRACE_ENTRY, _TRACE_ID)
+    if trace_id is None or trace_id == "0" * 32:
+        return None, None, text
+    signature, without_signature = _cut(rest, _SIGNATURE_ENTRY, _SIGNATURE_VALUE)
+    if signature is not None:
+        rest = without_signature
     # Keys are matched without their '=': W3C allows whitespace before it, so
     # "ownership.trace_id =..." is a second trace id (a duplicate), "ownership.sig =..." a
     # signature. And the rest must still hold an ownership entry, or it would read as none.
@@ -159,6 +158,29 @@ def split_trace_id(text: str) -> tuple[str | None, str]:
         or PREFIX not in rest
         or _ODD_VERSION.search(rest)
     ):
+        return None, None, text
+    return trace_id, signature, rest
+
+
+def _cut(text: str, entry: str, value: re.Pattern[str]) -> tuple[str | None, str]:
+    """The value of the one member ``entry<value>`` and ``text`` without it, if it is plain."""
+    start = text.find(entry)
+    if start < 0 or (start > 0 and text[start - 1] != ","):
+        return None, text
+    begin = start + len(entry)
+    end = text.find(",", begin)
+    end = len(text) if end < 0 else end
+    found = text[begin:end]
+    if value.fullmatch(found) is None:
+        return None, text
+    rest = text[:start] + text[end + 1 :] if end < len(text) else text[: max(start - 1, 0)]
+    return found, rest
+
+
+def split_trace_id(text: str) -> tuple[str | None, str]:
+    """`split_volatile` for unsigned text: ``(trace_id, rest)`` or ``(None, text)``."""
+    trace_id, signature, rest = split_volatile(text)
+    if trace_id is None or signature is not None:
         return None, text
     return trace_id, rest
 

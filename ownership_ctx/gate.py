@@ -26,7 +26,7 @@ from .codec import (
     encode_header,
     new_trace_id,
     parse,
-    split_trace_id,
+    split_volatile,
     trace_id_from_traceparent,
 )
 from .context import _envelope
@@ -280,20 +280,28 @@ class Gate:
             decision = self._decide(text, carrier, hop, unit, edge, native)
         else:
             # Without a resolver the decision depends on these inputs alone, so it is cached.
-            # The envelope's own trace id is cut out of the key: it changes on every request.
-            # The unit enters as its settings: /users/1 and /users/2 share a decision.
-            trace_id, rest = split_trace_id(text)
+            # The envelope's own trace id and signature are cut out of the key: they change
+            # on every request; the signature is checked per request below. The unit enters
+            # as its settings: /users/1 and /users/2 share a decision.
+            trace_id, signature, rest = split_volatile(text)
+            if signature is not None and not self.keys.signing_keys:
+                trace_id, signature, rest = None, None, text  # nothing to check it with
             edge_values = tuple(map(carrier.get, self._edge_names)) if edge else ()
-            key = (id(self.policy.for_unit(unit)), rest, edge_values)
+            signed = signature is not None
+            key = (id(self.policy.for_unit(unit)), rest, edge_values, signed)
             decision = self._decisions.get(key)  # type: ignore[assignment]
             if decision is None:
-                decision = self._decide(rest, carrier, hop, unit, edge, native)
+                decision = self._decide(rest, carrier, hop, unit, edge, native, verified=signed)
                 size = len(rest) + sum(len(v) for v in edge_values if v is not None)
                 if size <= _CACHEABLE_CHARS:  # hostile giant headers are judged, not kept
                     if len(self._decisions) >= _DECISION_CACHE_SIZE:
                         self._decisions.clear()
                     self._decisions[key] = decision
-            if not decision.trusts_envelope:
+            if signed and not self._verifies(rest, trace_id, signature):
+                # Forged or altered: the full parser judges the header as it came.
+                decision = self._decide(text, carrier, hop, unit, edge, native)
+                trace_id = None
+            elif not decision.trusts_envelope:
                 trace_id = None
         if trace_id is None:
             trace_id = decision.trace_id
@@ -312,6 +320,11 @@ class Gate:
             events.emit(_hop_event(entry))
         return entry
 
+    def _verifies(self, rest: str, trace_id: str | None, signature: str | None) -> bool:
+        entries = dict(parse(rest).entries)
+        entries["trace_id"] = trace_id or ""
+        return signature is not None and self.keys.verify(entries, signature)
+
     def _decide(
         self,
         text: str,
@@ -320,7 +333,11 @@ class Gate:
         unit: str,
         edge: bool,
         native: object,
+        *,
+        verified: bool = False,
     ) -> _Decision:
+        """The policy's decision for one carrier. ``verified``: ``text`` is the rest of an
+        envelope whose signature (cut out, with its trace id) the caller checks itself."""
         policy = self.policy
         unit_policy = policy.for_unit(unit)
         problems: list[Problem] = []
@@ -331,9 +348,12 @@ class Gate:
         parsed = parse(text)
         # A carrier whose only ownership entry was the (cut out) trace id: unsigned, so it is
         # believed exactly when unsigned envelopes are.
-        trusted = policy.trust == "all"
+        trusted = policy.trust == "all" or (verified and policy.trust == "signed")
         if parsed.present:
-            trusted, problem = self._trust(parsed.entries, parsed.signature)
+            if verified and policy.trust != "none":
+                trusted, problem = True, None
+            else:
+                trusted, problem = self._trust(parsed.entries, parsed.signature)
             if problem is not None:
                 problems.append(problem)
             if trusted:
