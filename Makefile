@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck bench bench-quick clean
+.PHONY: install system-deps demo test lint typecheck bench bench-quick bench-10m property-long clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# What the tests use from the system besides Python: headless Chromium renders the HTML report.
+# Installed when missing and apt-get is there (CI, as root); elsewhere that test skips and says so.
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium not installed: the HTML report test will skip"; fi; }
 
 demo: $(STAMP)
 	$(PY) integrations/edge_demo.py
@@ -33,6 +41,15 @@ bench: $(STAMP)
 	@for b in benchmarks/*.py; do \
 	  echo "== $$b"; $(PY) $$b --json bench-results/$$(basename $$b .py).json || exit 1; \
 	done
+
+# 10 million events in the report benchmark: several minutes and a few GB of disk.
+bench-10m: $(STAMP)
+	$(PY) benchmarks/report_scale.py --full
+
+# The property tests with many more examples than CI runs.
+property-long: $(STAMP)
+	OWNERSHIP_CTX_PROPERTY_SCALE=30 OWNERSHIP_CTX_DRAMATIQ_EXAMPLES=200 \
+	  $(PY) -m pytest tests/test_codec_properties.py tests/dramatiq/test_dramatiq_property.py
 
 bench-quick: $(STAMP)
 	@mkdir -p bench-results
