@@ -40,6 +40,7 @@ import threading
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Final
 
+from . import events
 from .codec import QUEUE_HEADER, TRACEPARENT_HEADER
 from .context import current
 from .gate import Entry, Gate
@@ -258,6 +259,11 @@ def _before_task_publish(
 
 
 _DISPATCH_UID: Final = "ownership_ctx.celery.before_task_publish"
+_FLUSH_UID: Final = "ownership_ctx.celery.flush_events"
+
+
+def _flush_events(**_: Any) -> None:
+    events.flush()
 
 
 def _patch_build_tracer() -> None:
@@ -309,6 +315,9 @@ def install(app: Celery, *, policy: Policy | None = None, keys: Keys | None = No
         signals.before_task_publish.connect(
             _before_task_publish, weak=False, dispatch_uid=_DISPATCH_UID
         )
+        # Prefork children leave with os._exit (no atexit): write their events first.
+        signals.worker_process_shutdown.connect(_flush_events, weak=False, dispatch_uid=_FLUSH_UID)
+        signals.worker_shutdown.connect(_flush_events, weak=False, dispatch_uid=_FLUSH_UID)
     # Tracers built before this call (a late install in a prefork child) are wrapped now.
     if app.finalized:
         for name, task in list(app.tasks.items()):
