@@ -157,7 +157,7 @@ def coverage(
     breakdown = None
     if hops and unattributed:
         say("tracing unattributed calls to their hops")
-        breakdown = hop_breakdown(source, time_range, required, unattributed)
+        breakdown = hop_breakdown(source, time_range, required, unattributed, calls)
     notes = []
     if unpriced:
         notes.append(f"{unpriced} call(s) have no cost (unpriced or no usage): not counted")
@@ -190,10 +190,15 @@ def _condition(required: Sequence[str]) -> str:
 
 
 def hop_breakdown(
-    source: Source, time_range: TimeRange, required: Sequence[str], unattributed: Decimal
+    source: Source,
+    time_range: TimeRange,
+    required: Sequence[str],
+    unattributed: Decimal,
+    calls_in_range: int,
 ) -> list[HopLoss]:
     """Unattributed spend per (hop, unit) where its trace first lost its fields."""
     cond = _condition(required)
+    ts = source.ts_column(calls_in_range)
     present = ", ".join(
         f"CASE WHEN coalesce({c}, '') = '' THEN 0 ELSE 1 END"
         for c in ("owner_team", "workflow_id", "feature", "tenant", "user_id")
@@ -203,7 +208,7 @@ def hop_breakdown(
         f"SELECT trace_id, coalesce(attribution, ''), {present}, min(ts), count(*),"
         f" sum({source.cost_column}), min(provider),"
         " min(coalesce(response_model, request_model))"
-        f" FROM provider_calls WHERE ts >= ? AND ts < ? AND {cond}"
+        f" FROM provider_calls WHERE {ts} >= ? AND {ts} < ? AND {cond}"
         f" GROUP BY trace_id, coalesce(attribution, ''), {present}",
         (time_range.start, time_range.end),
     )

@@ -52,11 +52,14 @@ class HtmlReport:
     threshold: Decimal
 
 
-def top_requests(source: Source, time_range: TimeRange, n: int) -> list[tuple[str, Decimal]]:
+def top_requests(
+    source: Source, time_range: TimeRange, n: int, calls_in_range: int
+) -> list[tuple[str, Decimal]]:
     """The ``n`` traces with the highest summed call cost in the range."""
+    ts = source.ts_column(calls_in_range)
     rows = source.fetch(
         f"SELECT trace_id, sum({source.cost_column}) AS spend FROM provider_calls"
-        " WHERE ts >= ? AND ts < ? AND trace_id IS NOT NULL"
+        f" WHERE {ts} >= ? AND {ts} < ? AND trace_id IS NOT NULL"
         " GROUP BY trace_id ORDER BY spend DESC, trace_id LIMIT ?",
         (time_range.start, time_range.end, n),
     )
@@ -91,7 +94,7 @@ def build_report(
     cov = coverage(source, time_range, threshold=threshold, progress=say)
     say("most expensive requests")
     traces = []
-    for trace_id, _ in top_requests(source, time_range, top):
+    for trace_id, _ in top_requests(source, time_range, top, cov.calls):
         traces.append(build(trace_id, source.events_by_trace(trace_id)))
     order = [*named[:_MAX_TEAMS], "other", "(unattributed)"]
     ordered = {k: dict(spend[k]) for k in order if k in spend}
