@@ -166,7 +166,7 @@ def _flat(row: ChargebackRow) -> dict[str, object]:
 
 
 def _document(result: Chargeback) -> Document:
-    columns = [Column(n, n) for n in result.by] + list(_MEASURES)
+    columns = [Column(n, n, none="(none)") for n in result.by] + list(_MEASURES)
     footer = _flat(result.total)
     footer[result.by[0]] = "total"
     table = Table(

@@ -22,7 +22,6 @@ Kind = Literal["text", "int", "money", "pct", "num"]
 Format = Literal["table", "csv", "json"]
 _MONEY_DISPLAY: Final = Decimal("0.000001")
 _PCT_DISPLAY: Final = Decimal("0.01")
-_MISSING: Final = "(none)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +29,7 @@ class Column:
     key: str
     title: str
     kind: Kind = "text"
+    none: str = ""  # how a missing text value shows on a terminal ("(none)" for group keys)
 
 
 @dataclasses.dataclass
@@ -77,9 +77,9 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
-def _cell(value: Any, kind: Kind, *, exact: bool) -> str:
+def _cell(value: Any, kind: Kind, *, exact: bool, none: str = "") -> str:
     if value is None:
-        return "" if exact else ("-" if kind != "text" else _MISSING)
+        return "" if exact else ("-" if kind != "text" else none)
     if kind == "money" and isinstance(value, Decimal):
         if exact:
             return money_text(value)
@@ -99,7 +99,8 @@ def render_table(table: Table, width: int | None = None) -> str:
     """Aligned columns for a terminal: numbers right, text left; long text cut with '…'."""
     header = [c.title for c in table.columns]
     body = [
-        [_cell(row.get(c.key), c.kind, exact=False) for c in table.columns] for row in table.rows
+        [_cell(row.get(c.key), c.kind, exact=False, none=c.none) for c in table.columns]
+        for row in table.rows
     ]
     if table.records:
         return _render_records(table)
