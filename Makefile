@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps demo test lint typecheck bench bench-quick bench-10m property-long clean
+.PHONY: install system-deps demo demo-edge test lint typecheck bench bench-quick bench-10m property-long clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ system-deps:
 	  else echo "chromium not installed: the HTML report test will skip"; fi; }
 
 demo: $(STAMP)
+	$(VENV)/bin/ownership-ctx demo
+
+# The edge alone: requests through the middleware, enforce / quarantine / stamp, log lines.
+demo-edge: $(STAMP)
 	$(PY) integrations/edge_demo.py
 
 lint: $(STAMP)

@@ -1,12 +1,58 @@
-"""`make demo` prints the edge example, with each policy outcome."""
+"""`make demo` (`ownership-ctx demo`) and the edge example both run and show what they claim."""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def section(out: str, command: str) -> str:
+    """The output of one `$ ownership-ctx ... <command>` step of the demo."""
+    start = out.index(f" {command} ")
+    end = out.find("\n$ ownership-ctx", start)
+    return out[start : end if end >= 0 else len(out)]
+
+
+def test_demo_points_at_the_hop_it_broke(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ownership_ctx.cli", "demo", "--dir", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=True,
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "250"},  # tables as wide as they want
+    )
+    out = result.stdout
+    assert "397/397 requests" in result.stderr  # the progress bar
+
+    chargeback = section(out, "chargeback --by team")
+    teams = re.findall(r"^(support|growth|search|\(none\)) ", chargeback, flags=re.M)
+    assert teams == ["support", "growth", "search", "(none)"]
+
+    # Coverage names the hop the demo broke: legacy publishes reach the worker with nothing.
+    coverage = section(out, "coverage")
+    broken = re.search(
+        r"^celery\s+support\.triage\s+new_trace\s+feature,owner_team,workflow_id", coverage, re.M
+    )
+    assert broken, coverage
+    assert re.search(r"^http\s+/internal/report\s+quarantined", coverage, re.M), coverage
+
+    audit = section(out, "audit")
+    assert "verdict: NOT READY" in audit
+    assert "hop: celery\n    route/task/actor: support.triage" in audit
+    assert "no envelope arrived" in audit
+
+    anomaly = section(out, "anomaly")
+    assert "contributions add up exactly to the change" in anomaly
+    assert re.search(r"^calls_per_request .*\(retries 112", anomaly, re.M), anomaly
+
+    assert (tmp_path / "demo" / "report.html").stat().st_size > 10_000
 
 
 def test_edge_demo_shows_every_outcome() -> None:
