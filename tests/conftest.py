@@ -18,7 +18,9 @@ from ownership_ctx import events
 REQUIRE_ENV = "OWNERSHIP_CTX_REQUIRE_BROKERS"
 REDIS_URL = os.environ.get("OWNERSHIP_CTX_REDIS_URL", "redis://127.0.0.1:6379")
 RABBITMQ_URL = os.environ.get("OWNERSHIP_CTX_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
-POSTGRES_URL = os.environ.get("OWNERSHIP_CTX_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+POSTGRES_URL = os.environ.get(
+    "OWNERSHIP_CTX_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 
 
 def _answers(url: str) -> bool:
