@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from . import events
-from .codec import BAGGAGE_HEADER, TRACEPARENT_HEADER
 from .gate import PROBLEM_CONTENT_TYPE, Entry, Gate
 from .hashing import Keys
 from .policy import Policy
@@ -65,13 +64,8 @@ class OwnershipMiddleware:
     ) -> None:
         self.app = app
         self.gate = Gate(policy, keys)
-        names = (BAGGAGE_HEADER, TRACEPARENT_HEADER, *self.gate.edge_header_names)
-        # A resolver may look at any header (an API key, a JWT): then the carrier holds all.
-        self._wanted: frozenset[bytes] | None = (
-            None
-            if self.gate.policy.resolver is not None
-            else frozenset(name.encode("latin-1") for name in names)
-        )
+        names = self.gate.edge_carrier_names
+        self._wanted = None if names is None else frozenset(n.encode("latin-1") for n in names)
         self._trace_header = trace_header.lower().encode("latin-1") if trace_header else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

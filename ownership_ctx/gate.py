@@ -258,6 +258,14 @@ class Gate:
         """The lowercased first-party header names this gate reads at the edge."""
         return self._edge_names
 
+    @property
+    def edge_carrier_names(self) -> tuple[str, ...] | None:
+        """The request headers an edge adapter must put in the carrier, lowercased; ``None``:
+        all of them (a resolver may look at any header, an API key or a token)."""
+        if self.policy.resolver is not None:
+            return None
+        return (BAGGAGE_HEADER, TRACEPARENT_HEADER, *self._edge_names)
+
     def enter(
         self,
         carrier: Mapping[str, str],

@@ -17,7 +17,6 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from . import events
-from .codec import BAGGAGE_HEADER, TRACEPARENT_HEADER
 from .gate import PROBLEM_CONTENT_TYPE, Entry, Gate
 from .hashing import Keys
 from .policy import Policy
@@ -58,9 +57,9 @@ class OwnershipWSGIMiddleware:
     ) -> None:
         self.app = app
         self.gate = Gate(policy, keys)
-        names = (BAGGAGE_HEADER, TRACEPARENT_HEADER, *self.gate.edge_header_names)
-        self._environ_keys = tuple((name, _environ_key(name)) for name in names)
-        self._all_headers = self.gate.policy.resolver is not None
+        names = self.gate.edge_carrier_names
+        self._all_headers = names is None
+        self._environ_keys = tuple((name, _environ_key(name)) for name in names or ())
         self._trace_header = trace_header
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
