@@ -304,8 +304,11 @@ def _crash(
     pipeline.flush(30)
     pipeline.close()
     stored = set(open_backend(db_url).event_ids())
-    # Losses are recent ones: everything emitted before the last `bound` events is stored.
-    assert all(f"crash-{i}" in stored for i in range(max(0, emitted - bound)))
+    if rate:
+        # At a steady rate losses are recent: everything before the last `bound` is stored.
+        # (In a flood the newest events spill to the spool and survive; what is lost is the
+        # in-memory queue, which holds older ones: only the count is bounded.)
+        assert all(f"crash-{i}" in stored for i in range(max(0, emitted - bound)))
     return emitted, sum(1 for i in range(emitted) if f"crash-{i}" not in stored)
 
 
