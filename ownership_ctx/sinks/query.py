@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, Protocol, runtime_checkable
 
 __all__ = [
     "DIMENSIONS",
@@ -170,7 +170,8 @@ def event_ids_sql(kind: str | None) -> str:
     return f"SELECT event_id FROM {_TABLES[kind]}"
 
 
-class EventQueries:
+@runtime_checkable
+class EventQueries(Protocol):
     """The read API both stores implement."""
 
     def rollups(
@@ -181,18 +182,17 @@ class EventQueries:
         where: Mapping[str, str | None] | None = None,
     ) -> list[RollupRow]:
         """Rollup buckets whose hour starts in ``[start, end)``, summed per ``group_by``."""
-        raise NotImplementedError
+        ...
 
     def events_by_trace(self, trace_id: str) -> list[dict[str, Any]]:
         """Every stored event (request, hops, provider calls, others) of one trace, by time."""
-        raise NotImplementedError
+        ...
 
     def event_ids(self, kind: str | None = None) -> list[str]:
         """Stored event ids (``kind``: provider_call, request, hop or other): reconciliation."""
-        raise NotImplementedError
+        ...
 
-    def close(self) -> None:
-        raise NotImplementedError
+    def close(self) -> None: ...
 
 
 def open_store(url: str) -> EventQueries:
