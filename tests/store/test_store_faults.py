@@ -286,9 +286,7 @@ while True:
 """
 
 
-def _crash(
-    db_url: str, options: str, rate: float, seconds: float, bound: int
-) -> tuple[int, int]:
+def _crash(db_url: str, options: str, rate: float, seconds: float, bound: int) -> tuple[int, int]:
     """Run an emitter, SIGKILL it after ``seconds``, return (events it emitted, lost)."""
     counter = Path(db_url[len("sqlite:///") :] + ".emitted")
     counter.write_bytes(bytes(8))
