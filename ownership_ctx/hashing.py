@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import os
 from collections.abc import Iterable, Mapping
-from typing import Final
+from typing import Any, Final
 
 __all__ = ["ConfigurationError", "Keys", "hash_identifier"]
 
@@ -56,12 +56,20 @@ class Keys:
 
     hash_key: bytes | None = None
     signing_keys: tuple[bytes, ...] = ()
+    # One keyed HMAC per signing key, copied per use: cheaper than keying a new one each time.
+    _macs: tuple[Any, ...] = dataclasses.field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.hash_key is not None:
             _check_key(HASH_KEY_ENV, self.hash_key)
         for key in self.signing_keys:
             _check_key(SIGNING_KEYS_ENV, key)
+        macs = tuple(hmac.new(key, digestmod=hashlib.sha256) for key in self.signing_keys)
+        object.__setattr__(self, "_macs", macs)
+
+    def __reduce__(self) -> tuple[type[Keys], tuple[bytes | None, tuple[bytes, ...]]]:
+        # Keyed HMAC objects do not pickle: rebuild them (spawned worker processes).
+        return (Keys, (self.hash_key, self.signing_keys))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Keys:
@@ -96,26 +104,30 @@ class Keys:
         """The signature of ``entries`` (wire keys without prefix, signature excluded)."""
         if not self.signing_keys:
             raise ConfigurationError(f"signing needs a key: set {SIGNING_KEYS_ENV}")
-        return _sign(self.signing_keys[0], entries)
+        return _sign(self._macs[0], entries)
 
     def verify(self, entries: Mapping[str, str], signature: str) -> bool:
         """Whether ``signature`` was made over ``entries`` by one of the signing keys."""
-        return _verify(self.signing_keys, entries, signature)
+        return _verify(self._macs, entries, signature)
 
 
-def _sign(key: bytes, entries: Mapping[str, str]) -> str:
-    mac = hmac.new(key, _canonical(entries), hashlib.sha256).hexdigest()
-    return _SIGNATURE_PREFIX + mac[:32]
+def _mac_hex(keyed: Any, message: bytes) -> str:
+    mac = keyed.copy()
+    mac.update(message)
+    return _SIGNATURE_PREFIX + str(mac.hexdigest())[:32]
 
 
-def _verify(keys: Iterable[bytes], entries: Mapping[str, str], signature: str) -> bool:
+def _sign(keyed: Any, entries: Mapping[str, str]) -> str:
+    return _mac_hex(keyed, _canonical(entries))
+
+
+def _verify(macs: Iterable[Any], entries: Mapping[str, str], signature: str) -> bool:
     if not signature.startswith(_SIGNATURE_PREFIX):
         return False
     canonical = _canonical(entries)
     expected = signature.encode("ascii", "replace")
     ok = False
-    for key in keys:
-        mac = hmac.new(key, canonical, hashlib.sha256).hexdigest()
+    for keyed in macs:
         # Compare against every key without stopping early: timing tells nothing.
-        ok |= hmac.compare_digest((_SIGNATURE_PREFIX + mac[:32]).encode(), expected)
+        ok |= hmac.compare_digest(_mac_hex(keyed, canonical).encode(), expected)
     return ok
