@@ -139,6 +139,8 @@ def split_volatile(text: str) -> tuple[str | None, str | None, str]:
     the trace id and its signature never do. Anything unusual (a duplicate, odd spacing, a
     malformed signature, the W3C limits near) is left in place for the full parser to judge.
     """
+    if _TRACE_ENTRY not in text:
+        return None, None, text  # the common edge case: the trace id comes from traceparent
     if len(text) > _SPLIT_MAX_CHARS or text.count(",") >= MAX_BAGGAGE_ENTRIES - 1:
         # Near the W3C limits the header may be dropped whole, or entries past the 180th
         # skipped: cutting an entry out would change that verdict.
