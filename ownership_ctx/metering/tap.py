@@ -60,6 +60,7 @@ def _decoder(encoding: str, module: Any) -> Any:
 class BodyTap:
     __slots__ = (
         "_buf",
+        "_buflen",
         "_decoder",
         "_parts",
         "_size",
@@ -92,7 +93,8 @@ class BodyTap:
         self.sse = sse
         self.request_id = request_id
         self.problems: list[str] = []
-        self._buf = b""
+        self._buf: list[bytes] = []  # the pieces of an unfinished SSE line
+        self._buflen = 0
         self._parts: list[bytes] | None = []
         self._size = 0
         self.first: bytes | None = None
@@ -123,15 +125,21 @@ class BodyTap:
                 else:
                     self._parts.append(chunk)
                 return
-            buf = self._buf + chunk if self._buf else chunk
-            if b"\n" not in buf:
-                if len(buf) > _MAX_LINE:
-                    buf = b""
+            if b"\n" not in chunk:
+                # Still inside one line: keep the piece; joining now would be quadratic for
+                # long events (partial images, a completed response with its whole output).
+                self._buflen += len(chunk)
+                if self._buflen > _MAX_LINE:
+                    self._buf, self._buflen = [], 0
                     self.problems.append("stream_line_too_large")
-                self._buf = buf
+                else:
+                    self._buf.append(chunk)
                 return
-            lines = buf.split(b"\n")
-            self._buf = lines.pop()
+            if self._buf:
+                chunk = b"".join(self._buf) + chunk
+            lines = chunk.split(b"\n")
+            rest = lines.pop()
+            self._buf, self._buflen = ([rest], len(rest)) if rest else ([], 0)
             for line in lines:
                 if line.startswith(b"data:"):
                     self._data(line[5:].strip())
@@ -157,8 +165,9 @@ class BodyTap:
     # -- ends -----------------------------------------------------------------------------
 
     def eof(self) -> None:
-        if self.sse and self._buf.startswith(b"data:"):
-            self._data(self._buf[5:].strip())  # a last event without its blank line
+        last = b"".join(self._buf)
+        if self.sse and last.startswith(b"data:"):
+            self._data(last[5:].strip())  # a last event without its blank line
         self._finish("ok", complete=True)
 
     def fail(self, exc: BaseException) -> None:
@@ -166,7 +175,9 @@ class BodyTap:
 
     def close(self) -> None:
         if not self.attempt.done:
-            if self.sse and self.terminal:
+            if self.http_status >= 400:
+                self._finish("error", complete=False)  # an error the SDK closed unread
+            elif self.sse and self.terminal:
                 self._finish("ok", complete=True)
             else:
                 self._finish("cancelled", complete=False)

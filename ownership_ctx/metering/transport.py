@@ -183,20 +183,9 @@ def classes_for(module: Any) -> tuple[type[Any], type[Any]]:
             except Exception:
                 failed("tapping a response")
                 return response
-            if response.status_code >= 400:
-                # Small, complete error bodies: read now, so the attempt is recorded even if
-                # the SDK closes the response unread before retrying.
-                try:
-                    raw = b"".join(response.stream)
-                except BaseException as exc:
-                    tap.fail(exc)
-                    raise
-                finally:
-                    response.stream.close()
-                tap.feed(raw)
-                tap.eof()
-                response.stream = module.ByteStream(raw)
-                return response
+            # Error bodies too are only watched, never read ahead: an SDK that closes a
+            # retryable error unread must be able to retry at once (the tap then records the
+            # attempt as an error when the body is closed or dropped).
             response.stream = MeteredStream(response.stream, tap)
             return response
 
@@ -220,18 +209,6 @@ def classes_for(module: Any) -> tuple[type[Any], type[Any]]:
                 tap = _tap(attempt, response, module)
             except Exception:
                 failed("tapping a response")
-                return response
-            if response.status_code >= 400:
-                try:
-                    raw = b"".join([chunk async for chunk in response.stream])
-                except BaseException as exc:
-                    tap.fail(exc)
-                    raise
-                finally:
-                    await response.stream.aclose()
-                tap.feed(raw)
-                tap.eof()
-                response.stream = module.ByteStream(raw)
                 return response
             response.stream = AsyncMeteredStream(response.stream, tap)
             return response
