@@ -8,6 +8,7 @@ counted and logged once, and the event is dropped.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -23,6 +24,16 @@ logger = logging.getLogger("ownership_ctx")
 #: rejected and quarantined units, ... Read it in health checks; it never raises.
 stats: Counter[str] = Counter()
 _stats_lock = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    # A fork while another thread held the lock would leave the child's copy locked forever.
+    global _stats_lock
+    _stats_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 class Sink(Protocol):

@@ -361,7 +361,7 @@ def _manual(
         app_cache_hit=app_cache_hit,
     )
     events.emit(event)
-    return event
+    return dict(event)  # a copy: the sink's writer thread may still be encoding the original
 
 
 def record_call(

@@ -86,11 +86,16 @@ def encode_event(event: Event) -> str:
     """One event as compact JSON; never raises (an unencodable event is stored as reprs)."""
     try:
         return _ENCODE(event)
-    except (TypeError, ValueError, RecursionError):
-        # Circular references or exotic keys: keep what can be kept rather than lose the event.
-        return _ENCODE(
-            {str(k): v if isinstance(v, (str, int, float)) else repr(v) for k, v in event.items()}
-        )
+    except Exception:
+        # Circular references, exotic keys, a dict the host mutates meanwhile: keep what can
+        # be kept rather than lose the event.
+        try:
+            items = list(event.items())
+            return _ENCODE(
+                {str(k): v if isinstance(v, (str, int, float)) else repr(v) for k, v in items}
+            )
+        except Exception:
+            return _ENCODE({"event_id": str(event.get("event_id")), "problems": ["unencodable"]})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,9 +169,16 @@ class _Segment:
             self.seal()
             self._open()
         view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError:
+            # A full disk mid-line: cut the partial line off, or the next one would be glued
+            # to it and both lost at replay.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
+            raise
         self._size += len(data)
         self._dirty = True
 
