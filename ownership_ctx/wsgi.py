@@ -107,7 +107,14 @@ class OwnershipWSGIMiddleware:
 
         if not trace and recorder is None:
             return _InContext(context.run(self.app, environ, start_response), context, None)
-        return _InContext(context.run(self.app, environ, start_with_trace), context, recorder)
+        try:
+            result = context.run(self.app, environ, start_with_trace)
+        except BaseException:
+            if recorder is not None:  # the server answers 500: record the request anyway
+                recorder.status = 500
+                recorder.finish()
+            raise
+        return _InContext(result, context, recorder)
 
 
 class _Recorder:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from flask import Flask
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse, StreamingResponse
@@ -104,3 +105,17 @@ def test_lifespan_shutdown_flushes_the_sink() -> None:
         assert sink.flushed == [5.0]
     finally:
         events.set_sink(previous)
+
+
+def test_wsgi_request_event_when_the_app_raises(event_sink: Any) -> None:
+    def broken(environ: Any, start_response: Any) -> Any:
+        raise RuntimeError("boom")
+
+    app = OwnershipWSGIMiddleware(broken, policy=Policy(mode="quarantine"), keys=Keys())
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/x"}
+    with pytest.raises(RuntimeError, match="^boom$"):  # the host's own exception, untouched
+        app(environ, lambda status, headers, exc_info=None: None)
+    assert kinds(event_sink) == [
+        ("hop", "/x", "quarantined", None),
+        ("request", "/x", "quarantined", 500),
+    ]
