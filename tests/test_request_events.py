@@ -113,7 +113,7 @@ def test_wsgi_request_event_when_the_app_raises(event_sink: Any) -> None:
 
     app = OwnershipWSGIMiddleware(broken, policy=Policy(mode="quarantine"), keys=Keys())
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/x"}
-    with pytest.raises(RuntimeError, match="^boom$"):  # the host's own exception, untouched
+    with pytest.raises(RuntimeError, match=r"^boom$"):  # the host's own exception, untouched
         app(environ, lambda status, headers, exc_info=None: None)
     assert kinds(event_sink) == [
         ("hop", "/x", "quarantined", None),
