@@ -128,6 +128,7 @@ class OwnershipMiddleware:
                     scope.get("method", "WEBSOCKET"),
                     status[0] if status else None,
                     (time.perf_counter() - started) * 1000,
+                    route=getattr(scope.get("route"), "path", None),  # Starlette's template
                 )
             )
 

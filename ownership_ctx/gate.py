@@ -63,7 +63,8 @@ Outcome = Literal["attributed", "stamped", "quarantined", "unattributed", "rejec
 _RANK: Final = {name: rank for rank, name in enumerate(ATTRIBUTIONS)}
 _MAX_RAW_ID: Final = 256  # longer raw ids at the edge are refused rather than hashed
 _DECISION_CACHE_SIZE: Final = 2048
-_CACHEABLE_CHARS: Final = 2048  # so the cache stays under ~4 MiB of keys
+_CACHEABLE_CHARS: Final = 2048
+_MAX_UNIT_SHOWN: Final = 256  # so the cache stays under ~4 MiB of keys
 _NO_TRACE_ID: Final = "0" * 32  # placeholder in cached templates; replaced before binding
 
 
@@ -200,13 +201,19 @@ class Entry:
         }
         return json.dumps(document).encode()
 
-    def request_event(self, method: str, status: int | None, latency_ms: float) -> dict[str, Any]:
-        """The ``request`` event of an edge unit (the parent of its provider calls)."""
+    def request_event(
+        self, method: str, status: int | None, latency_ms: float, route: str | None = None
+    ) -> dict[str, Any]:
+        """The ``request`` event of an edge unit (the parent of its provider calls).
+
+        ``route``: the framework's route template (``/users/{id}``) when it is known; it keeps
+        identifiers that paths carry out of the store, and groups requests usefully.
+        """
         event = _hop_event(self)
         event.update(
             kind="request",
             ts=time.time() - latency_ms / 1000,
-            route=self.unit,
+            route=_shown(route or self.unit),
             method=method,
             status=status,
             latency_ms=round(latency_ms, 3),
@@ -519,10 +526,15 @@ class Gate:
                 "ownership envelope %s on %s %r: %s",
                 entry.outcome,
                 entry.hop,
-                entry.unit,
+                _shown(entry.unit),
                 "; ".join(entry.reasons()) or "no ownership received",
                 extra={"ownership_outcome": entry.outcome, "ownership_hop": entry.hop},
             )
+
+
+def _shown(unit: str) -> str:
+    # Units are request paths too: bounded in logs and events, whatever a client sends.
+    return unit if len(unit) <= _MAX_UNIT_SHOWN else unit[: _MAX_UNIT_SHOWN - 1] + "…"
 
 
 def _hop_event(entry: Entry) -> dict[str, Any]:
@@ -530,7 +542,7 @@ def _hop_event(entry: Entry) -> dict[str, Any]:
     return {
         "kind": "hop",
         "hop": entry.hop,
-        "unit": entry.unit,
+        "unit": _shown(entry.unit),
         "outcome": entry.outcome,
         "trace_id": entry.trace_id,
         "missing": list(entry.missing),
