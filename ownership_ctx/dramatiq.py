@@ -99,6 +99,10 @@ class OwnershipMiddleware(dramatiq.Middleware):
 
     def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
         options = message.options
+        if getattr(self._local, "written", None) is message:
+            # Our header from an enqueue that failed before after_enqueue (a broker error):
+            # it is this unit's to rewrite, not an envelope someone else set.
+            options.pop(QUEUE_HEADER, None)
         if QUEUE_HEADER in options:
             # Already carried: a retry, a delayed message coming due (re-enqueued from the
             # consumer thread with nothing bound), or a publisher that set it on purpose.

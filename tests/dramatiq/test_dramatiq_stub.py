@@ -272,3 +272,34 @@ def test_async_actor_sees_the_envelope() -> None:
         coro.send()
     _run(broker, coro.queue_name)  # the worker starts and stops AsyncIO's event loop thread
     assert ran == [env]
+
+
+def test_a_failed_enqueue_leaves_no_envelope_for_the_next_sender() -> None:
+    class FlakyBroker(StubBroker):
+        down = True
+
+        def enqueue(
+            self, message: dramatiq.Message, *, delay: int | None = None
+        ) -> dramatiq.Message:  # type: ignore[type-arg]
+            if self.down:
+                self.down = False
+                self.emit_before("enqueue", message, delay)
+                raise ConnectionError("broker down")
+            return super().enqueue(message, delay=delay)
+
+    broker = FlakyBroker()
+    broker.add_middleware(OwnershipMiddleware(policy=Policy(mode="quarantine")))
+    ran: list[Envelope | None] = []
+
+    @dramatiq.actor(broker=broker, queue_name="flaky")
+    def work() -> None:
+        ran.append(current())
+
+    message = work.message()
+    first, second = envelope(owner_team="first-unit"), envelope(owner_team="second-unit")
+    with bind(first), pytest.raises(ConnectionError):
+        broker.enqueue(message)
+    with bind(second):
+        broker.enqueue(message)  # the caller retries the same Message from another unit
+    _run(broker, "flaky")
+    assert ran == [second]
