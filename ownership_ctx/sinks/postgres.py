@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ownership_ctx.sinks.query import (
     DIMENSIONS,
     EventQueries,
+    ForkSafeConnections,
     RollupRow,
     event_ids_sql,
     rollup_query,
@@ -165,11 +166,8 @@ _COPIES: Final = {
     table: f"COPY {_stage(table)} ({_columns(table)}) FROM STDIN" for table in COLUMNS
 }
 
-#: Connections inherited by a fork child: closing one there would end the parent's session.
-_ABANDONED: list[object] = []
 
-
-class PostgresStore(EventQueries):
+class PostgresStore(ForkSafeConnections, EventQueries):
     """Backend (``write_batch``) and reader (`EventQueries`) for one PostgreSQL schema."""
 
     def __init__(
@@ -294,12 +292,6 @@ class PostgresStore(EventQueries):
             reader, self._reader = self._reader, None
             if reader is not None:
                 reader.close()
-
-    def after_fork_in_child(self) -> None:
-        _ABANDONED.extend(c for c in (self._conn, self._reader) if c is not None)
-        self._conn = self._reader = None
-        self._lock = threading.Lock()
-        self._read_lock = threading.Lock()
 
     # -- reading (EventQueries) --------------------------------------------------------------
 

@@ -16,6 +16,7 @@ Rollups are hourly: ``rollups(start, end)`` sums the buckets whose hour *starts*
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Final, Protocol, runtime_checkable
@@ -25,6 +26,7 @@ __all__ = [
     "MEASURES",
     "TIME_DIMENSIONS",
     "EventQueries",
+    "ForkSafeConnections",
     "RollupRow",
     "open_store",
 ]
@@ -193,6 +195,27 @@ class EventQueries(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+#: Connections inherited by a fork child: never used there and never closed there (closing one
+#: would end the parent's PostgreSQL session, or checkpoint / unlink a SQLite WAL), only kept
+#: from the garbage collector.
+_ABANDONED: list[object] = []
+
+
+class ForkSafeConnections:
+    """What both stores do with their writer and reader connections in a forked child."""
+
+    _conn: Any
+    _reader: Any
+    _lock: threading.Lock
+    _read_lock: threading.Lock
+
+    def after_fork_in_child(self) -> None:
+        _ABANDONED.extend(c for c in (self._conn, self._reader) if c is not None)
+        self._conn = self._reader = None
+        self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
 
 
 def open_store(url: str) -> EventQueries:

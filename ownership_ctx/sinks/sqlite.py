@@ -38,6 +38,7 @@ from ownership_ctx.sinks.pipeline import encode_event
 from ownership_ctx.sinks.query import (
     DIMENSIONS,
     EventQueries,
+    ForkSafeConnections,
     RollupRow,
     event_ids_sql,
     rollup_query,
@@ -518,12 +519,8 @@ _DATA_ERRORS: Final = (
     ValueError,
 )
 
-#: Connections inherited by a fork child: never used there, never closed there (closing could
-#: checkpoint or unlink the parent's WAL), only kept from the garbage collector.
-_ABANDONED: list[object] = []
 
-
-class SQLiteStore(EventQueries):
+class SQLiteStore(ForkSafeConnections, EventQueries):
     """Backend (``write_batch``) and reader (`EventQueries`) for one SQLite file."""
 
     def __init__(
@@ -633,12 +630,6 @@ class SQLiteStore(EventQueries):
             reader, self._reader = self._reader, None
             if reader is not None:
                 reader.close()
-
-    def after_fork_in_child(self) -> None:
-        _ABANDONED.extend(c for c in (self._conn, self._reader) if c is not None)
-        self._conn = self._reader = None
-        self._lock = threading.Lock()
-        self._read_lock = threading.Lock()
 
     # -- reading (EventQueries) --------------------------------------------------------------
 
