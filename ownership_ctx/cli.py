@@ -7,10 +7,14 @@
     ownership-ctx anomaly --team search --baseline 2026-W02 --current 2026-W03
     ownership-ctx report --html report.html
 
-``--db`` takes a sink URL (default: ``$OWNERSHIP_CTX_SINK_URL``, else
-``sqlite:///ownership.db``). Exit codes: 0 ok; 1 a threshold was breached (coverage above
-``--max-unattributed``, audit not ready, trace not found); 2 usage or configuration error.
-Progress goes to stderr (on a terminal, or with ``--progress``); results to stdout.
+``--db`` takes a store URL or a SQLite file's path (default: ``$OWNERSHIP_CTX_SINK_URL``, else
+``sqlite:///ownership.db``, the store `ownership_ctx.sinks.install` writes by default). Options
+go before or after the command. Reports only read: the store is opened read-only.
+Exit codes: 0 ok; 1 a threshold was breached (coverage above ``--max-unattributed``, audit not
+ready); 2 anything wrong with the input or the environment (bad option, no such store, file or
+trace, unknown team, a missing extra), always as one line on stderr naming what to do.
+Progress goes to stderr on a terminal (or with ``--progress``); results to stdout, with
+identifiers cut to the terminal's width only when stdout is a terminal.
 
 Adding a command (e.g. ``demo``): in a module listed in `EXTENSIONS`, at import time,
 
@@ -28,15 +32,24 @@ import argparse
 import dataclasses
 import importlib
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import IO, Final
 
+from ownership_ctx import __version__
 from ownership_ctx.reports import rendering as render_module
 from ownership_ctx.reports.source import Source, StoreError, open_source
-from ownership_ctx.reports.timerange import TimeRange, UsageError, parse_period, parse_range
+from ownership_ctx.reports.timerange import (
+    TimeRange,
+    UsageError,
+    parse_period,
+    parse_range,
+    stamp,
+)
+from ownership_ctx.sinks.config import DEFAULT_URL, ENV_VAR, resolve_url
 
 __all__ = [
     "DEFAULT_DB",
@@ -53,8 +66,26 @@ __all__ = [
 EXIT_OK: Final = 0
 EXIT_BREACHED: Final = 1
 EXIT_USAGE: Final = 2
-DEFAULT_DB: Final = "sqlite:///ownership.db"
-ENV_VAR: Final = "OWNERSHIP_CTX_SINK_URL"
+DEFAULT_DB: Final = DEFAULT_URL
+#: A module that is not installed -> the extra that installs it.
+EXTRAS: Final = {
+    "psycopg": "postgres",
+    "dramatiq": "dramatiq",
+    "pika": "dramatiq",
+    "celery": "celery",
+    "kombu": "celery",
+    "redis": "celery",
+    "starlette": "starlette",
+    "fastapi": "fastapi",
+    "flask": "flask",
+    "httpx": "httpx",
+    "requests": "requests",
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "genai_prices": "prices",
+    "opentelemetry": "otel",
+    "structlog": "structlog",
+}
 #: Modules imported (when present) to register more commands: see the module docstring.
 EXTENSIONS: tuple[str, ...] = ("ownership_ctx.demo",)
 
@@ -105,9 +136,43 @@ class Context:
         assert self.time_range is not None, "command registered with store=False"
         return self.time_range
 
+    def render(self, document: render_module.Document) -> str:
+        """The document in the chosen format; cut to the width of stdout only on a terminal."""
+        width = shutil.get_terminal_size((120, 24)).columns if _isatty(self.out) else None
+        return render_module.render(document, self.fmt, width)
+
     def emit(self, document: render_module.Document) -> None:
         self.progress.done()
-        self.out.write(render_module.render(document, self.fmt))
+        self.out.write(self.render(document))
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def missing_module(error: ModuleNotFoundError) -> str:
+    """One line for an optional dependency that is not installed: which extra brings it."""
+    name = (error.name or "").split(".")[0]
+    extra = EXTRAS.get(name)
+    if extra is None:
+        return f"the Python module {name or error} is not installed"
+    return f'this needs {name}, which is not installed: pip install "ownership-ctx[{extra}]"'
+
+
+def check_output_path(path: str) -> str:
+    """``path`` if a file can be written there; else a `UsageError` naming what is wrong."""
+    target = os.path.abspath(path)
+    parent = os.path.dirname(target)
+    if os.path.isdir(target):
+        raise UsageError(f"{path} is a directory: give a file name")
+    if not os.path.isdir(parent):
+        raise UsageError(f"cannot write {path}: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"cannot write {path}: the directory {parent} is not writable")
+    return path
 
 
 Run = Callable[[argparse.Namespace, Context], int]
@@ -120,6 +185,9 @@ class Command:
     configure: Callable[[argparse.ArgumentParser], None]
     run: Run
     store: bool = True  # gets --db/--since/--until/--format and an opened store
+    ranged: bool = True  # reads a time range (--since/--until): notes when it holds nothing
+    #: Checks the arguments (output paths, ...) before the store is opened: fail fast.
+    check: Callable[[argparse.Namespace], None] | None = None
 
 
 _COMMANDS: dict[str, Command] = {}
@@ -158,7 +226,8 @@ def _chargeback(args: argparse.Namespace, ctx: Context) -> int:
         text = focus_csv(ctx.store(), ctx.range())
     else:
         ctx.progress("reading rollups")
-        text = render_module.render(chargeback(ctx.store(), ctx.range(), by).document(), ctx.fmt)
+        document = chargeback(ctx.store(), ctx.range(), by).document()
+        text = render_module.render(document, ctx.fmt) if args.output else ctx.render(document)
     ctx.progress.done()
     _write(ctx, text, args.output)
     return EXIT_OK
@@ -234,15 +303,37 @@ def _audit(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _trace_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("trace_id", help="32 lowercase hex characters")
+    p.add_argument("trace_id", help="a trace id (32 hex) or any unambiguous prefix of 8 or more")
+
+
+_HEX: Final = frozenset("0123456789abcdef")
 
 
 def _trace(args: argparse.Namespace, ctx: Context) -> int:
     from ownership_ctx.reports.trace import trace_report
 
-    result = trace_report(ctx.store(), args.trace_id)
+    wanted = args.trace_id.strip().lower()
+    if not 8 <= len(wanted) <= 32 or not set(wanted) <= _HEX:
+        raise UsageError(
+            f"a trace id is 32 hex characters (or a prefix of 8 or more), not {args.trace_id!r}"
+        )
+    if len(wanted) < 32:
+        matches = ctx.store().trace_ids(wanted, limit=11)
+        if not matches:
+            raise UsageError(f"no trace starting with {wanted} in {ctx.db}")
+        if len(matches) > 1:
+            listed = "\n".join(f"  {m}" for m in matches[:10])
+            more = "\n  ..." if len(matches) > 10 else ""
+            raise UsageError(
+                f"{wanted} is ambiguous; give more characters. Traces starting with it:\n"
+                f"{listed}{more}"
+            )
+        wanted = matches[0]
+    result = trace_report(ctx.store(), wanted)
+    if not result.found:
+        raise UsageError(f"no trace {wanted} in {ctx.db}")
     ctx.emit(result.document())
-    return EXIT_OK if result.found else EXIT_BREACHED
+    return EXIT_OK
 
 
 def _anomaly_args(p: argparse.ArgumentParser) -> None:
@@ -269,8 +360,26 @@ def _anomaly(args: argparse.Namespace, ctx: Context) -> int:
     else:
         baseline = TimeRange(current.start - current.seconds, current.start)
     ctx.progress("reading rollups")
+    _check_team(ctx.store(), args.team, baseline, current)
     ctx.emit(anomaly(ctx.store(), args.team, baseline, current).document())
     return EXIT_OK
+
+
+def _check_team(source: Source, team: str, baseline: TimeRange, current: TimeRange) -> None:
+    """An unknown team (no events in either period) is an input error, not a zero report."""
+    start, end = min(baseline.start, current.start), max(baseline.end, current.end)
+    rows = source.rollups(start, end, where={"owner_team": team})
+    if any(r.calls or r.requests for r in rows):
+        return
+    seen = [
+        str(r.group["owner_team"])
+        for r in source.rollups(start, end, group_by=("owner_team",))
+        if r.group["owner_team"] is not None and (r.calls or r.requests)
+    ]
+    known = f"teams with events then: {', '.join(seen)}" if seen else "no team has events then"
+    raise UsageError(
+        f"no events of team {team!r} between {stamp(start)} and {stamp(end)} ({known})"
+    )
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:
@@ -300,17 +409,40 @@ def _report(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
+def _check_chargeback(args: argparse.Namespace) -> None:
+    if args.output:
+        check_output_path(args.output)
+
+
+def _check_report(args: argparse.Namespace) -> None:
+    check_output_path(args.html)
+
+
 for _command in (
     Command(
-        "chargeback", "spend, requests, calls and tokens per owner", _chargeback_args, _chargeback
+        "chargeback",
+        "spend, requests, calls and tokens per owner",
+        _chargeback_args,
+        _chargeback,
+        check=_check_chargeback,
     ),
     Command("coverage", "unattributed spend, per week and per hop", _coverage_args, _coverage),
     Command("audit", "the seven readiness questions, from recent traces", _audit_args, _audit),
     Command(
-        "trace", "one request start to finish, with the cost of each call", _trace_args, _trace
+        "trace",
+        "one request start to finish, with the cost of each call",
+        _trace_args,
+        _trace,
+        ranged=False,
     ),
     Command("anomaly", "why a team's spend changed between two periods", _anomaly_args, _anomaly),
-    Command("report", "a self-contained HTML page with charts", _report_args, _report),
+    Command(
+        "report",
+        "a self-contained HTML page with charts",
+        _report_args,
+        _report,
+        check=_check_report,
+    ),
 ):
     register(_command)
 
@@ -331,9 +463,14 @@ def _store_options(p: argparse.ArgumentParser, *, top: bool) -> None:
     # Defaults are suppressed so that a value given before the subcommand is not overwritten
     # by the subcommand's default; `_resolve` fills them in.
     s = argparse.SUPPRESS
-    p.add_argument("--db", default=s, help=f"store URL (default ${ENV_VAR}, else {DEFAULT_DB})")
+    p.add_argument(
+        "--db",
+        default=s,
+        metavar="URL",
+        help=f"store URL or SQLite file path (default ${ENV_VAR}, else {DEFAULT_DB})",
+    )
     if top:
-        return
+        p.add_argument("--version", action="version", version=f"ownership-ctx {__version__}")
     p.add_argument(
         "--since", default=s, help="start: 2026-01-05, 2026-01-05T10:00, 7d (default 30d)"
     )
@@ -352,7 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ownership-ctx",
         description="Who spent what on LLM calls: reports over the ownership_ctx event store.",
-        epilog="exit codes: 0 ok, 1 threshold breached / not ready / not found, 2 usage error",
+        epilog="options go before or after the command. exit codes: 0 ok, 1 threshold"
+        " breached / not ready, 2 anything wrong with the input or the environment",
     )
     _store_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -366,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _resolve(args: argparse.Namespace) -> None:
-    args.db = getattr(args, "db", None) or os.environ.get(ENV_VAR, "").strip() or DEFAULT_DB
+    args.db = resolve_url(getattr(args, "db", None))
     for name, default in (
         ("since", None),
         ("until", None),
@@ -383,26 +521,60 @@ def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None) -> in
     args = parser.parse_args(argv)
     _resolve(args)
     command: Command = args._command
-    progress = Progress(sys.stderr, sys.stderr.isatty() if args.progress is None else args.progress)
+    enabled = _isatty(sys.stderr) if args.progress is None else args.progress
+    progress = Progress(sys.stderr, enabled)
     ctx = Context(stdout, sys.stderr, progress, args.db, args.format)
     try:
+        if command.check is not None:
+            command.check(args)
         if command.store:
             ctx.time_range = parse_range(args.since, args.until)
             progress(f"opening {_redacted(args.db)}")
             ctx.source = open_source(args.db)
+            _note_empty(ctx, command)
         try:
             return command.run(args, ctx)
         finally:
             progress.done()
             if ctx.source is not None:
                 ctx.source.close()
-    except (UsageError, StoreError) as e:
-        sys.stderr.write(f"ownership-ctx {command.name}: error: {e}\n")
-        return EXIT_USAGE
     except BrokenPipeError:
         # `ownership-ctx ... | head`: the reader left; not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except (UsageError, StoreError) as e:
+        message = str(e)
+    except ModuleNotFoundError as e:
+        message = missing_module(e)
+    except OSError as e:
+        where = f" {e.filename}" if e.filename else ""
+        message = f"cannot use{where}: {e.strerror or e}"
+    except KeyboardInterrupt:
+        sys.stderr.write(f"ownership-ctx {command.name}: interrupted\n")
+        return 130
+    sys.stderr.write(f"ownership-ctx {command.name}: error: {message}\n")
+    return EXIT_USAGE
+
+
+def _note_empty(ctx: Context, command: Command) -> None:
+    """Say so on stderr when the store is empty, or holds nothing in the asked range."""
+    extent = ctx.store().extent()
+    if extent is None:
+        ctx.err.write(
+            f"ownership-ctx: the store {_redacted(ctx.db)} holds no events yet. Events come"
+            " from an app that calls ownership_ctx.sinks.install() (it writes"
+            f" {DEFAULT_DB} unless {ENV_VAR} says otherwise); `ownership-ctx demo` shows"
+            " the reports on sample traffic.\n"
+        )
+        return
+    first, last = extent
+    span = ctx.range()
+    if command.ranged and (last < span.start or first >= span.end):
+        ctx.err.write(
+            f"ownership-ctx: no events between {stamp(span.start)} and {stamp(span.end)};"
+            f" the store holds events from {stamp(first)} to {stamp(last + 3600)}"
+            " (use --since / --until)\n"
+        )
 
 
 def _redacted(url: str) -> str:

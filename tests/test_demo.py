@@ -29,7 +29,7 @@ def test_demo_points_at_the_hop_it_broke(tmp_path: Path) -> None:
         env={**os.environ, "COLUMNS": "250"},  # tables as wide as they want
     )
     out = result.stdout
-    assert "397/397 requests" in result.stderr  # the progress bar
+    assert "requests" not in result.stderr  # a progress bar only on a terminal
 
     chargeback = section(out, "chargeback --by team")
     teams = re.findall(r"^(support|growth|search|\(none\)) ", chargeback, flags=re.M)

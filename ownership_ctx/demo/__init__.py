@@ -10,25 +10,94 @@ the team whose spend jumped, and the HTML report. See `ownership_ctx.demo.traffi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import importlib.util
 import shutil
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Final
 
 from ..cli import EXIT_OK, Command, Context, register
+from ..reports.timerange import UsageError
 
-__all__ = ["run"]
+__all__ = ["MARKER", "prepare_directory", "run"]
 
 DEFAULT_DIR = "ownership-demo"
 BAR_WIDTH = 30
+#: The file that marks a directory as the demo's own: only such a directory is reused.
+MARKER: Final = ".ownership-ctx-demo"
+#: What a run writes (and the next run replaces): nothing else in the directory is touched.
+OUTPUTS: Final = (
+    "events.db",
+    "events.db-wal",
+    "events.db-shm",
+    "events.db-journal",
+    "events.db.spool",
+    "report.html",
+)
+#: Modules the demo runs -> the extra that installs each.
+NEEDS: Final = {
+    "starlette": "starlette",
+    "httpx": "httpx",
+    "celery": "celery",
+    "dramatiq": "dramatiq",
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "genai_prices": "prices",
+}
+
+
+def check_dependencies() -> None:
+    """Every module the demo needs is installed, or one `UsageError` naming the extras."""
+    missing = [name for name in NEEDS if importlib.util.find_spec(name) is None]
+    if missing:
+        extras = ",".join(dict.fromkeys(NEEDS[name] for name in missing))
+        raise UsageError(
+            f"the demo needs {', '.join(missing)}, not installed here:"
+            f' pip install "ownership-ctx[{extras}]"'
+        )
+
+
+def prepare_directory(workdir: Path) -> None:
+    """Make ``workdir`` ready for a run without ever deleting what the demo did not create.
+
+    A missing or empty directory becomes the demo's (marked with `MARKER`); a marked one has
+    only the previous run's `OUTPUTS` removed; anything else is refused with a `UsageError`.
+    """
+    if workdir.exists() and not workdir.is_dir():
+        raise UsageError(f"--dir {workdir} is a file, not a directory: choose another --dir")
+    if workdir.is_dir():
+        if any(workdir.iterdir()) and not (workdir / MARKER).is_file():
+            raise UsageError(
+                f"--dir {workdir} is not empty and was not made by the demo; the demo only"
+                " writes into an empty or new directory: choose another --dir"
+            )
+    else:
+        try:
+            workdir.mkdir(parents=True)
+        except OSError as e:
+            raise UsageError(f"cannot create --dir {workdir}: {e.strerror or e}") from None
+    for name in OUTPUTS:
+        target = workdir / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()
+    (workdir / MARKER).write_text(
+        "Made by `ownership-ctx demo`: a later run replaces the files it wrote here"
+        f" ({', '.join(OUTPUTS)}) and nothing else.\n",
+        encoding="utf-8",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dir",
         default=DEFAULT_DIR,
-        help=f"where the demo's store and report go (default ./{DEFAULT_DIR}; replaced each run)",
+        help=f"where the demo's store and report go (default ./{DEFAULT_DIR}): a new or empty"
+        " directory, or one an earlier demo made (its outputs are replaced)",
     )
     parser.add_argument("--days", type=int, default=14, help="simulated days (default 14)")
     parser.add_argument("--seed", type=int, default=7, help="traffic seed (default 7)")
@@ -40,24 +109,24 @@ def _monday(weeks_ago: int) -> dt.datetime:
 
 
 class Bar:
-    """A progress bar on stderr (one live line on a terminal, a few lines otherwise)."""
+    """A progress bar on stderr: one live line on a terminal, nothing otherwise."""
 
     def __init__(self, stream: IO[str], total: int) -> None:
         self.stream = stream
         self.total = total
-        self.live = stream.isatty()
-        self.last_tenth = -1
+        try:
+            self.live = stream.isatty()
+        except (AttributeError, ValueError):
+            self.live = False
 
     def __call__(self, done: int) -> None:
+        if not self.live:
+            return
         filled = BAR_WIDTH * done // self.total
         line = f"  [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{self.total} requests"
-        if self.live:
-            self.stream.write("\r" + line)
-            if done == self.total:
-                self.stream.write("\n")
-        elif done * 10 // self.total != self.last_tenth:
-            self.last_tenth = done * 10 // self.total
-            self.stream.write(line + "\n")
+        self.stream.write("\r" + line)
+        if done == self.total:
+            self.stream.write("\n")
         self.stream.flush()
 
 
@@ -68,9 +137,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     from .traffic import Parts, drive, plan, simulated
 
     out = ctx.out
+    if args.days < 1:
+        raise UsageError("--days must be at least 1")
+    check_dependencies()
     workdir = Path(args.dir)
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
+    prepare_directory(workdir)
     db = f"sqlite:///{workdir / 'events.db'}"
     html = workdir / "report.html"
     days = args.days

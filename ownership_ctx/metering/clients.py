@@ -18,6 +18,7 @@ import functools
 import importlib
 from typing import Any, TypeVar
 
+from .pricing import warn_if_no_price_library
 from .recorder import failed, open_scope, scoped
 
 __all__ = ["instrument", "instrument_httpx"]
@@ -37,6 +38,7 @@ def instrument(client: C, *, provider: str | None = None) -> C:
     ``anthropic``, ``gcp.gemini``, ``aws.bedrock``); set it for OpenAI-compatible gateways.
     Raises ``TypeError`` for a client it does not know (a setup error, not a runtime one).
     """
+    warn_if_no_price_library()
     roots = _roots(client)
     if "openai" in roots:
         _stainless(client, provider or _openai_provider(client))
@@ -63,6 +65,7 @@ def instrument_httpx(http_client: C, *, provider: str) -> C:
     instrumented SDK call."""
     if getattr(http_client, _MARK, False):
         return http_client
+    warn_if_no_price_library()
     name = next(
         (
             cls.__module__.split(".")[0]

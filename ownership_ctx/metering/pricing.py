@@ -12,15 +12,19 @@ Operators override or add prices (negotiated rates, private models) with `PriceO
 those calls say ``cost_source="override"``. A model the table does not know is *unpriced*:
 cost ``None``, never a guessed zero.
 
-genai-prices is imported on first use, not at import time.
+genai-prices is imported on first use, not at import time. Without it every call is stored
+with cost null and ``unpriced_reason`` "no price library"; `warn_if_no_price_library` (called
+when a client is instrumented) says so once, loudly, naming the extra to install.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import logging
 import threading
+import warnings
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
@@ -29,7 +33,17 @@ from typing import Any, Final
 from .. import events
 from .usage import Usage
 
-__all__ = ["GENAI_PRICES_PROVIDER", "PriceOverride", "PriceResult", "Pricer", "parse_overrides"]
+__all__ = [
+    "GENAI_PRICES_PROVIDER",
+    "NO_PRICE_LIBRARY",
+    "PriceOverride",
+    "PriceResult",
+    "Pricer",
+    "parse_overrides",
+    "price_library_installed",
+    "unpriced_reason",
+    "warn_if_no_price_library",
+]
 
 logger = logging.getLogger("ownership_ctx.metering")
 
@@ -56,6 +70,53 @@ _OPTIONAL_KEYS: Final = (
 )
 _MAX_MODELS: Final = 4096
 _DAY: Final = 86400
+
+#: The one line that says why costs are missing, and what to do.
+NO_PRICE_LIBRARY: Final = (
+    "ownership_ctx: genai-prices is not installed, so every provider call is stored with"
+    ' cost null (unpriced_reason "no price library"). Install it: pip install'
+    ' "ownership-ctx[prices]"'
+)
+#: PriceResult.problem -> the event's ``unpriced_reason`` (what reports show).
+_REASONS: Final = {
+    "price_library_missing": "no price library",
+    "price_unknown_model": "unknown model",
+    "price_no_model": "no model",
+    "price_error": "pricing error",
+    "price_usage_inconsistent": "inconsistent usage",
+}
+_library: bool | None = None
+_warned_library = False
+
+
+def price_library_installed() -> bool:
+    """Whether genai-prices can be imported (looked up once)."""
+    global _library
+    if _library is None:
+        _library = importlib.util.find_spec("genai_prices") is not None
+    return _library
+
+
+def warn_if_no_price_library() -> None:
+    """Once per process, when genai-prices is missing: a WARNING log line and a Python warning
+    naming the extra to install (otherwise the only sign would be null costs)."""
+    global _warned_library
+    if _warned_library or price_library_installed():
+        return
+    _warned_library = True
+    logger.warning(NO_PRICE_LIBRARY)
+    warnings.warn(NO_PRICE_LIBRARY, RuntimeWarning, stacklevel=3)
+
+
+def unpriced_reason(result: PriceResult | None, *, usage_known: bool, status: str) -> str | None:
+    """Why a call has no cost, in words for reports: "no price library", "unknown model",
+    "failed attempt", "no usage reported", ...; None when it has one."""
+    if result is not None and result.cost is not None:
+        return None
+    if not usage_known:
+        return "failed attempt" if status != "ok" else "no usage reported"
+    problem = result.problem if result is not None else None
+    return _REASONS.get(problem or "", "unpriced")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -186,6 +247,9 @@ class Pricer:
     ) -> PriceResult:
         if model is None:
             return PriceResult(None, "unpriced", None, "price_no_model")
+        if not price_library_installed() and not self._overrides:
+            events.count("metering_unpriced")
+            return PriceResult(None, "unpriced", None, "price_library_missing")
         try:
             entry = self._model(provider, model)
             if entry is None:
@@ -201,6 +265,9 @@ class Pricer:
                         self._plans.clear()
                     self._plans[key] = plan
             cost = plan.cost(_counts(usage)) if plan is not None else None
+        except ImportError:
+            events.count("metering_unpriced")
+            return PriceResult(None, "unpriced", None, "price_library_missing")
         except Exception:
             events.count("metering_price_errors")
             logger.debug("ownership_ctx: pricing failed", exc_info=True)

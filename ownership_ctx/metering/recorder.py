@@ -27,7 +27,7 @@ from .. import events
 from ..context import current
 from ..envelope import Envelope
 from .normalize import APIS, Parsed
-from .pricing import PriceOverride, Pricer, PriceResult, parse_overrides
+from .pricing import PriceOverride, Pricer, PriceResult, parse_overrides, unpriced_reason
 from .usage import Usage, usage_from_mapping
 
 __all__ = [
@@ -289,6 +289,9 @@ def build_event(
         "cost": _money(cost),
         "currency": "USD",
         "cost_source": price.source,
+        "unpriced_reason": None
+        if cost is not None
+        else unpriced_reason(price, usage_known=known, status=status),
         "price_model_id": price.model_id,
         "cost_avoided": _money(avoided),
         "app_cache_hit": app_cache_hit,

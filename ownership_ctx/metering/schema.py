@@ -74,6 +74,9 @@ FIELDS: Final[dict[str, str]] = {
     "currency": '"USD"',
     "cost_source": '"price_table" (genai-prices), "override" (operator price), "provider"'
     ' (cost reported by the provider or caller) or "unpriced" (cost null)',
+    "unpriced_reason": 'why cost is null: "no price library" (install ownership-ctx[prices]),'
+    ' "unknown model", "failed attempt" (no usage: a failed attempt is free), "no usage'
+    ' reported", "no model", "inconsistent usage" or "pricing error"; null when priced',
     "price_model_id": "the price-table model the cost was computed with",
     "cost_avoided": "for an application cache hit: what the call would have cost",
     "app_cache_hit": "true when the application answered from its own cache (cost 0)",

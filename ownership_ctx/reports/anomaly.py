@@ -194,11 +194,23 @@ def _ratio(a: Decimal | int, b: Decimal | int, places: str = "0.01") -> Decimal 
     return (Decimal(a) / Decimal(b)).quantize(Decimal(places)) if b else None
 
 
+def _text(value: Decimal | None) -> str:
+    return "-" if value is None else str(value)
+
+
 def _document(result: Anomaly) -> Document:
     b, c, d = result.baseline, result.current, result.decomposition
 
-    def mega(p: PeriodStats) -> Decimal | None:
-        return (p.spend * 1_000_000 / p.tokens).quantize(Decimal("0.0001")) if p.tokens else None
+    def price(p: PeriodStats) -> str:
+        if not p.tokens:
+            return "- (no tokens)"
+        return f"{(p.spend * 1_000_000 / p.tokens).quantize(Decimal('0.0001'))} USD/Mtok blended"
+
+    def traffic(p: PeriodStats) -> str:
+        if d.basis == "requests":
+            return f"{p.requests} requests"
+        # Measured in calls because one of the periods has no request events: say which.
+        return f"{p.calls} calls" + ("" if p.requests else " (no request events)")
 
     def top(p: PeriodStats) -> str:
         if not p.calls:
@@ -206,12 +218,8 @@ def _document(result: Anomaly) -> Document:
         best = max(p.models.items(), key=lambda kv: kv[1].calls)
         return f"{best[0]} {_ratio(best[1].calls * 100, p.calls, '0.1')}%"
 
-    traffic = "requests" if d.basis == "requests" else "calls (no request events)"
     evidence = {
-        "volume": (
-            f"{b.requests if d.basis == 'requests' else b.calls} {traffic}",
-            f"{c.requests if d.basis == 'requests' else c.calls} {traffic}",
-        ),
+        "volume": (traffic(b), traffic(c)),
         "calls_per_request": (
             f"{_ratio(b.calls, b.requests) if d.basis == 'requests' else 1}"
             f" (retries {b.retries}, fallbacks {b.fallbacks})",
@@ -219,8 +227,8 @@ def _document(result: Anomaly) -> Document:
             f" (retries {c.retries}, fallbacks {c.fallbacks})",
         ),
         "mix": (top(b), top(c)),
-        "tokens_per_call": (str(_ratio(b.tokens, b.calls)), str(_ratio(c.tokens, c.calls))),
-        "price": (f"{mega(b)} USD/Mtok blended", f"{mega(c)} USD/Mtok blended"),
+        "tokens_per_call": (_text(_ratio(b.tokens, b.calls)), _text(_ratio(c.tokens, c.calls))),
+        "price": (price(b), price(c)),
         "unmodeled": ("cost without tokens", "cost without tokens"),
     }
     rows = [
@@ -289,7 +297,11 @@ def _document(result: Anomaly) -> Document:
             f" current {c.unpriced_calls}"
         )
     if d.basis == "calls":
-        notes.append("a period has no request events: traffic is measured in calls")
+        which = [name for name, p in (("baseline", b), ("current", c)) if not p.requests]
+        notes.append(
+            f"the {' and '.join(which)} period{'s have' if len(which) > 1 else ' has'} no"
+            " request events: traffic is measured in calls in both"
+        )
     data = {
         "team": result.team,
         "baseline_range": result.baseline_range.as_json(),

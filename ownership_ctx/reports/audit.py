@@ -331,7 +331,7 @@ def _document(result: Audit) -> Document:
             {
                 "line": f"{a.number}. [{'yes' if a.holds else 'NO '}] {a.question}",
                 "evidence": a.evidence,
-                "failing": ", ".join(t[:12] for t in a.failing_traces),
+                "failing": ", ".join(a.failing_traces),
                 "number": a.number,
                 "holds": a.holds,
             }

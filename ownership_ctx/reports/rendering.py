@@ -11,7 +11,6 @@ import csv
 import dataclasses
 import io
 import json
-import shutil
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Final, Literal
@@ -96,7 +95,9 @@ def _cell(value: Any, kind: Kind, *, exact: bool, none: str = "") -> str:
 
 
 def render_table(table: Table, width: int | None = None) -> str:
-    """Aligned columns for a terminal: numbers right, text left; long text cut with '…'."""
+    """Aligned columns: numbers right, text left. Given a ``width`` (a terminal's), long text
+    is cut with '…' to fit it; without one (output piped or saved) nothing is ever cut, so
+    identifiers can be copied."""
     header = [c.title for c in table.columns]
     body = [
         [_cell(row.get(c.key), c.kind, exact=False, none=c.none) for c in table.columns]
@@ -114,10 +115,9 @@ def render_table(table: Table, width: int | None = None) -> str:
     )
     every = [header, *body, *([footer] if footer else [])]
     widths = [max(len(line[i]) for line in every) for i in range(len(header))]
-    limit = width if width is not None else shutil.get_terminal_size((120, 24)).columns
     # Shrink the widest text column until the table fits the terminal (never below 12).
     text_columns = [i for i, c in enumerate(table.columns) if c.kind == "text"]
-    while sum(widths) + 2 * (len(widths) - 1) > limit and text_columns:
+    while width is not None and sum(widths) + 2 * (len(widths) - 1) > width and text_columns:
         widest = max(text_columns, key=lambda i: widths[i])
         if widths[widest] <= 12:
             break
@@ -167,7 +167,7 @@ def render_csv(table: Table) -> str:
 
 def render(document: Document, fmt: Format, width: int | None = None) -> str:
     """The whole document in one format. CSV carries the first table only (one CSV, one
-    table); JSON carries everything, exactly."""
+    table); JSON carries everything, exactly. ``width``: see `render_table`."""
     if fmt == "json":
         payload = {
             "report": document.report,

@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Final
+from urllib.parse import quote
 
 from ownership_ctx.sinks.query import EventQueries, RollupRow, open_store
 
@@ -82,6 +83,27 @@ class Source:
                 raise StoreError(f"cannot query the store: {e}") from e
             raise
 
+    def trace_ids(self, prefix: str, limit: int = 11) -> list[str]:
+        """Stored trace ids starting with ``prefix`` (lowercase hex), at most ``limit``."""
+        # A range, not LIKE: both databases walk the trace_id index for it.
+        high = prefix + "g"  # above any hex digit
+        union = " UNION ".join(
+            f"SELECT trace_id FROM {t} WHERE trace_id >= ? AND trace_id < ?"
+            for t in ("requests", "provider_calls", "hops", "other_events")
+        )
+        rows = self.fetch(
+            f"SELECT trace_id FROM ({union}) AS found ORDER BY trace_id LIMIT {int(limit)}",
+            [prefix, high] * 4,
+        )
+        return [str(trace_id) for (trace_id,) in rows]
+
+    def extent(self) -> tuple[int, int] | None:
+        """The first and last stored hour (epoch seconds), None when the store is empty."""
+        ((first, last),) = self.fetch("SELECT min(hour), max(hour) FROM rollup_hourly")
+        if first is None:
+            ((first, last),) = self.fetch("SELECT min(hour), max(hour) FROM hops")
+        return None if first is None else (int(first), int(last))
+
     def ts_column(self, calls_in_range: int) -> str:
         """``ts`` or ``+ts`` for a range filter on provider_calls. SQLite walks the ``ts`` index
         for any range, fetching rows one by one; over most of the table a plain scan is ~4x
@@ -119,8 +141,17 @@ def _is_database_error(error: Exception) -> bool:
     )
 
 
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
 def open_source(url: str) -> Source:
-    """Open the store at ``url`` for reading. Raises `StoreError` when it is not there."""
+    """Open the store at ``url`` for reading, read-only: nothing is created or written.
+    Raises `StoreError` (one line, saying what to do) when it cannot be read."""
+    from ownership_ctx.sinks.config import resolve_url
+
+    url = resolve_url(url)
     scheme = url.split(":", 1)[0].lower()
     try:
         if scheme == "sqlite":
@@ -129,35 +160,65 @@ def open_source(url: str) -> Source:
             return _open_postgres(url)
     except StoreError:
         raise
+    except ValueError as e:
+        raise StoreError(_one_line(e)) from e
     except Exception as e:
-        raise StoreError(f"cannot open the store: {type(e).__name__}: {e}") from e
-    raise StoreError(f"reports read sqlite:/// or postgresql:// stores, not {scheme!r}")
+        if _is_database_error(e):
+            raise StoreError(f"cannot read the store {_redacted(url)}: {_one_line(e)}") from e
+        raise
+    raise StoreError(f"reports read sqlite:/// or postgresql:// stores, not {scheme}://")
+
+
+def _redacted(url: str) -> str:
+    """The URL without a password."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        credentials, _, host = rest.rpartition("@")
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}{sep}{user}@{host}"
+    return url
 
 
 def _open_sqlite(url: str) -> Source:
     from ownership_ctx.sinks.sqlite import SQLiteStore
 
-    queries = open_store(url)
+    queries = open_store(url, readonly=True)
     assert isinstance(queries, SQLiteStore)
-    if not os.path.exists(queries.path):
-        raise StoreError(f"no event store at {queries.path!r} (set --db or OWNERSHIP_CTX_SINK_URL)")
-    raw = sqlite3.connect(f"file:{os.path.abspath(queries.path)}?mode=ro", uri=True, timeout=5)
-    tables = {name for (name,) in raw.execute("SELECT name FROM sqlite_master")}
-    if "provider_calls" not in tables or "rollup_hourly" not in tables:
-        raw.close()
-        raise StoreError(f"{queries.path!r} is not an ownership_ctx event store")
+    if not os.path.isfile(queries.path):
+        raise StoreError(
+            f"no event store at {os.path.abspath(queries.path)}"
+            " (pass --db URL or a path, or set OWNERSHIP_CTX_SINK_URL)"
+        )
+    try:
+        queries.rollups(0, 1)  # opens it read-only and checks the tables are there
+    except sqlite3.Error as e:
+        queries.close()
+        raise StoreError(_one_line(e)) from e
+    raw = sqlite3.connect(
+        f"file:{quote(os.path.abspath(queries.path))}?mode=ro", uri=True, timeout=5
+    )
     return Source(url, queries, raw, "sqlite")
 
 
 def _open_postgres(url: str) -> Source:
-    import psycopg
+    try:
+        import psycopg
+    except ImportError:
+        raise StoreError(
+            'reading PostgreSQL needs psycopg: pip install "ownership-ctx[postgres]"'
+        ) from None
 
     from ownership_ctx.sinks.postgres import PostgresStore
 
-    queries = open_store(url)
+    queries = open_store(url, readonly=True)
     assert isinstance(queries, PostgresStore)
-    options = f"-c search_path={queries.schema}" if queries.schema else ""
+    try:
+        queries.rollups(0, 1)  # connects read-only and checks the schema's tables are there
+    except psycopg.Error as e:
+        queries.close()
+        raise StoreError(f"cannot read the store {_redacted(url)}: {_one_line(e)}") from e
+    options = "-c default_transaction_read_only=on"
+    if queries.schema:
+        options += f" -c search_path={queries.schema}"
     raw = psycopg.connect(queries.conninfo, autocommit=True, connect_timeout=5, options=options)
-    # The store creates its schema on first use; reading through it makes sure it exists.
-    queries.rollups(0, 1)
     return Source(url, queries, raw, "postgresql")

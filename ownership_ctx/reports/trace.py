@@ -209,7 +209,7 @@ def _document(result: TraceReport) -> Document:
         [
             {
                 **dataclasses.asdict(c),
-                "call": c.call_id[:8],
+                "call": c.call_id,
                 "note": _note(c),
             }
             for c in result.calls

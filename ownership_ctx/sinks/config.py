@@ -28,13 +28,23 @@ from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ownership_ctx import events
-from ownership_ctx.sinks.pipeline import Backend, Pipeline
+from ownership_ctx.sinks.pipeline import Backend, Pipeline, creatable_dir
 
-__all__ = ["DEFAULT_URL", "ENV_VAR", "from_env", "install", "open_backend", "open_sink"]
+__all__ = [
+    "DEFAULT_URL",
+    "ENV_VAR",
+    "from_env",
+    "install",
+    "open_backend",
+    "open_sink",
+    "resolve_url",
+]
 
 ENV_VAR: Final = "OWNERSHIP_CTX_SINK_URL"
-#: What `install` uses when given no URL and the environment sets none.
-DEFAULT_URL: Final = "sqlite:///ownership_ctx_events.db"
+#: The one default store: what `install`, the OpenTelemetry path and the ``ownership-ctx``
+#: command use when given no URL and the environment sets none.
+DEFAULT_URL: Final = "sqlite:///ownership.db"
+_SCHEMES: Final = ("sqlite", "postgresql", "postgres", "jsonl", "memory", "otel")
 
 _PIPELINE_OPTIONS: Final[dict[str, tuple[str, type]]] = {
     "queue": ("queue_size", int),
@@ -86,6 +96,21 @@ class _Parsed:
         return urlunsplit(("postgresql", parts.netloc, parts.path, query, parts.fragment))
 
 
+def resolve_url(url: str | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """The store URL to use: ``url``, else ``OWNERSHIP_CTX_SINK_URL``, else `DEFAULT_URL`.
+
+    A bare path (``events.db``, ``/var/lib/app/events.db``) means that SQLite file.
+    """
+    env = os.environ if environ is None else environ
+    chosen = (url or "").strip() or env.get(ENV_VAR, "").strip() or DEFAULT_URL
+    scheme, sep, _ = chosen.partition("://")
+    if sep and scheme.lower() in _SCHEMES:
+        return chosen
+    if sep or chosen.partition(":")[0].lower() in _SCHEMES:
+        return chosen  # an unknown or malformed scheme: open_backend names it
+    return "sqlite:///" + chosen  # relative stays relative; "/abs" gives four slashes
+
+
 def _state_dir() -> str:
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(
         os.path.expanduser("~"), ".local", "state"
@@ -105,28 +130,28 @@ def _spool_dir(parsed: _Parsed) -> str | None:
         parts = urlsplit(parsed.url)
         target = f"{parts.hostname}:{parts.port}{parts.path}?{parsed.params.get('schema', '')}"
         name = "pg-" + hashlib.sha256(target.encode()).hexdigest()[:16]
+        # The directory is created when something is first spooled, not here: a writable
+        # parent is enough to choose it.
         for base in (_state_dir(), os.path.join(tempfile.gettempdir(), "ownership_ctx-spool")):
-            try:
-                os.makedirs(os.path.join(base, name), exist_ok=True)
-            except OSError:
-                continue
-            return os.path.join(base, name)
+            if creatable_dir(base):
+                return os.path.join(base, name)
     return None
 
 
-def open_backend(url: str) -> Any:
-    """The store or writer behind ``url``, without a pipeline (readers; benchmarks)."""
-    parsed = _Parsed(url)
+def open_backend(url: str, *, readonly: bool = False) -> Any:
+    """The store or writer behind ``url``, without a pipeline (readers; benchmarks).
+    ``readonly``: a store that never writes, creates nothing, and fails when it is missing."""
+    parsed = _Parsed(resolve_url(url))
     if parsed.scheme == "sqlite":
         from ownership_ctx.sinks.sqlite import SQLiteStore
 
         if not parsed.path:
             raise ValueError("sqlite URL needs a path: sqlite:///relative.db or sqlite:////abs.db")
-        return SQLiteStore(parsed.path, **parsed.options(_SQLITE_OPTIONS))
+        return SQLiteStore(parsed.path, readonly=readonly, **parsed.options(_SQLITE_OPTIONS))
     if parsed.scheme == "postgresql":
         from ownership_ctx.sinks.postgres import PostgresStore
 
-        return PostgresStore(parsed.libpq_url(), **parsed.options(_PG_OPTIONS))
+        return PostgresStore(parsed.libpq_url(), readonly=readonly, **parsed.options(_PG_OPTIONS))
     if parsed.scheme == "jsonl":
         from ownership_ctx.sinks.jsonl import JsonLinesSink
 
@@ -143,6 +168,7 @@ def open_backend(url: str) -> Any:
 def open_sink(url: str, **pipeline_options: Any) -> events.Sink:
     """A ready sink for ``url``: a `Pipeline` in front of the store (``memory://``: a plain
     `MemorySink`). Keyword arguments override the URL's pipeline parameters."""
+    url = resolve_url(url)
     parsed = _Parsed(url)
     if parsed.scheme == "memory":
         from ownership_ctx.sinks.memory import MemorySink
@@ -152,7 +178,7 @@ def open_sink(url: str, **pipeline_options: Any) -> events.Sink:
     backend: Backend = open_backend(url)
     options: dict[str, Any] = {"name": parsed.scheme, **parsed.options(_PIPELINE_OPTIONS)}
     if "spool_dir" not in pipeline_options:
-        options["spool_dir"] = _spool_dir(parsed)  # creates the default directory: only if used
+        options["spool_dir"] = _spool_dir(parsed)  # created when first spooled to
     if "spool_max_mb" in parsed.params:
         options["spool_max_bytes"] = int(float(parsed.params["spool_max_mb"]) * (1 << 20))
     options.update(pipeline_options)
@@ -162,14 +188,14 @@ def open_sink(url: str, **pipeline_options: Any) -> events.Sink:
 def from_env(environ: Mapping[str, str] | None = None) -> events.Sink | None:
     """The sink ``OWNERSHIP_CTX_SINK_URL`` names, or None when it is unset or empty."""
     url = (os.environ if environ is None else environ).get(ENV_VAR, "").strip()
-    return open_sink(url) if url else None
+    return open_sink(resolve_url(url)) if url else None
 
 
 def install(url: str | None = None, **pipeline_options: Any) -> events.Sink:
     """Build the sink for ``url`` (else ``OWNERSHIP_CTX_SINK_URL``, else `DEFAULT_URL`) and
-    make it the process-wide sink. A pipeline installed before is flushed and closed."""
-    chosen = url or os.environ.get(ENV_VAR, "").strip() or DEFAULT_URL
-    sink = open_sink(chosen, **pipeline_options)
+    make it the process-wide sink (a bare path means a SQLite file). A pipeline installed
+    before is flushed and closed."""
+    sink = open_sink(resolve_url(url), **pipeline_options)
     previous = events.set_sink(sink)
     if isinstance(previous, Pipeline) and previous is not sink:
         previous.close()

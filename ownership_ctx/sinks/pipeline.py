@@ -49,7 +49,7 @@ from typing import Any, Final, Protocol
 
 from ownership_ctx import events
 
-__all__ = ["Backend", "Pipeline", "close_all", "encode_event", "flush_all"]
+__all__ = ["Backend", "Pipeline", "close_all", "creatable_dir", "encode_event", "flush_all"]
 
 logger = logging.getLogger("ownership_ctx.sinks")
 
@@ -143,6 +143,17 @@ def _owner_alive(owner: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def creatable_dir(directory: str) -> bool:
+    """Whether ``directory`` is a writable directory or could be created as one."""
+    path = os.path.abspath(directory)
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return False
+        path = parent
+    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
 
 
 class _Segment:
@@ -304,12 +315,11 @@ class Pipeline:
         self.close_timeout = close_timeout
         self._closed = False
         self._reset_process_state()
-        if self.spool_dir is not None:
-            try:
-                os.makedirs(self.spool_dir, exist_ok=True)
-            except OSError as exc:
-                events.count("sink_spool_errors")
-                _warn_once("spool_dir", f"spool directory {self.spool_dir} unusable: {exc}")
+        # The spool directory is created by the first segment written to it: a run that never
+        # spools leaves nothing behind. An unusable one is reported now, not at the first spill.
+        if self.spool_dir is not None and not creatable_dir(self.spool_dir):
+            events.count("sink_spool_errors")
+            _warn_once("spool_dir", f"spool directory {self.spool_dir} unusable (not writable)")
         with _live_lock:
             _live.add(self)
 

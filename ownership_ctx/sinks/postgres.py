@@ -177,6 +177,7 @@ class PostgresStore(ForkSafeConnections, EventQueries):
         schema: str | None = None,
         connect_timeout: float = 5.0,
         statement_timeout: float = 60.0,
+        readonly: bool = False,
     ) -> None:
         if schema is not None and not _IDENTIFIER.fullmatch(schema):
             raise ValueError(f"schema must be a plain SQL identifier, not {schema!r}")
@@ -184,6 +185,9 @@ class PostgresStore(ForkSafeConnections, EventQueries):
         self.schema = schema
         self.connect_timeout = connect_timeout
         self.statement_timeout = statement_timeout
+        # A read-only store (reports) runs no DDL: a missing schema or table is an error, and
+        # every session is read-only, so a role with SELECT alone can read.
+        self.readonly = readonly
         self._conn: psycopg.Connection[Any] | None = None
         self._reader: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()
@@ -204,6 +208,25 @@ class PostgresStore(ForkSafeConnections, EventQueries):
             options=options,
             autocommit=True,
         )
+        if self.readonly:
+            try:
+                conn.execute("SET default_transaction_read_only = on")
+                missing = [
+                    t
+                    for t in (*COLUMNS, "rollup_hourly")
+                    if conn.execute("SELECT to_regclass(%s)", (t,)).fetchone()[0] is None  # type: ignore[index]
+                ]
+            except BaseException:
+                conn.close()
+                raise
+            if missing:
+                conn.close()
+                where = f"schema {self.schema!r}" if self.schema else "the search path"
+                raise psycopg.errors.UndefinedTable(
+                    f"no ownership_ctx table {missing[0]} in {where} (check the URL's ?schema=)"
+                )
+            conn.autocommit = autocommit
+            return conn
         try:
             with conn.transaction():
                 # One creator at a time: CREATE ... IF NOT EXISTS races between hosts.

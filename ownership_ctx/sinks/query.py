@@ -218,11 +218,12 @@ class ForkSafeConnections:
         self._read_lock = threading.Lock()
 
 
-def open_store(url: str) -> EventQueries:
-    """A reader for the store at ``url`` (``sqlite:///...`` or ``postgresql://...``)."""
+def open_store(url: str, *, readonly: bool = False) -> EventQueries:
+    """A reader for the store at ``url`` (``sqlite:///...`` or ``postgresql://...``).
+    ``readonly``: never write or create anything; a missing store or table raises."""
     from ownership_ctx.sinks.config import open_backend
 
-    backend = open_backend(url)
+    backend = open_backend(url, readonly=readonly)
     if not isinstance(backend, EventQueries):
         raise ValueError(f"{url.split(':', 1)[0]}: sinks are write-only; no queries")
     return backend

@@ -33,6 +33,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Final, Literal
+from urllib.parse import quote
 
 from ownership_ctx.sinks.pipeline import encode_event
 from ownership_ctx.sinks.query import (
@@ -530,8 +531,12 @@ class SQLiteStore(ForkSafeConnections, EventQueries):
         busy_timeout: float = 5.0,
         cache_mb: int = 32,
         synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL",
+        readonly: bool = False,
     ) -> None:
         self.path = os.fspath(path)
+        # A read-only store (reports) opens the file with mode=ro: it never creates the file,
+        # its tables, or a WAL; writing through it raises.
+        self.readonly = readonly
         self.busy_timeout = busy_timeout
         self.cache_mb = cache_mb
         self.synchronous = synchronous
@@ -546,6 +551,8 @@ class SQLiteStore(ForkSafeConnections, EventQueries):
     # -- writing -----------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            return self._connect_readonly()
         conn = sqlite3.connect(
             self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
@@ -565,6 +572,26 @@ class SQLiteStore(ForkSafeConnections, EventQueries):
         except BaseException:
             conn.close()
             raise
+        return conn
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        if not os.path.isfile(self.path):
+            raise FileNotFoundError(f"no event store at {self.path!r}")
+        uri = f"file:{quote(os.path.abspath(self.path))}?mode=ro"
+        conn = sqlite3.connect(
+            uri, uri=True, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            names = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+        except BaseException:
+            conn.close()
+            raise
+        missing = [t for t in (*COLUMNS, "rollup_hourly") if t not in names]
+        if missing:
+            conn.close()
+            raise sqlite3.OperationalError(
+                f"{self.path!r} is not an ownership_ctx event store (no table {missing[0]})"
+            )
         return conn
 
     def write_batch(self, events: list[Mapping[str, Any]]) -> None:

@@ -98,7 +98,8 @@ def test_trace_and_anomaly(main_url: str) -> None:
     assert found.returncode == 0
     data = json.loads(found.stdout)
     assert data["total"] == "0.004" and [c["cost"] for c in data["calls"]] == [None, "0.004"]
-    assert run("trace", "f" * 32, "--db", main_url).returncode == 1
+    missing = run("trace", "f" * 32, "--db", main_url)  # no such trace: an input error
+    assert missing.returncode == 2 and "no trace ffff" in missing.stderr
     assert run("trace", "nope", "--db", main_url).returncode == 2
     anomaly = run(
         "anomaly",
