@@ -435,7 +435,13 @@ for _command in (
         _trace,
         ranged=False,
     ),
-    Command("anomaly", "why a team's spend changed between two periods", _anomaly_args, _anomaly),
+    Command(
+        "anomaly",
+        "why a team's spend changed between two periods",
+        _anomaly_args,
+        _anomaly,
+        ranged=False,  # its periods are --baseline / --current
+    ),
     Command(
         "report",
         "a self-contained HTML page with charts",
@@ -531,9 +537,11 @@ def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None) -> in
             ctx.time_range = parse_range(args.since, args.until)
             progress(f"opening {_redacted(args.db)}")
             ctx.source = open_source(args.db)
-            _note_empty(ctx, command)
         try:
-            return command.run(args, ctx)
+            code = command.run(args, ctx)
+            if ctx.source is not None:
+                _note_empty(ctx, command)  # after the results: they were asked for
+            return code
         finally:
             progress.done()
             if ctx.source is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import importlib.util
+import importlib
 import shutil
 import time
 from pathlib import Path
@@ -50,7 +50,12 @@ NEEDS: Final = {
 
 def check_dependencies() -> None:
     """Every module the demo needs is installed, or one `UsageError` naming the extras."""
-    missing = [name for name in NEEDS if importlib.util.find_spec(name) is None]
+    missing = []
+    for name in NEEDS:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
     if missing:
         extras = ",".join(dict.fromkeys(NEEDS[name] for name in missing))
         raise UsageError(

@@ -10,7 +10,7 @@ rows (the total still has them).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Final
 
@@ -69,6 +69,8 @@ class Chargeback:
     rows: list[ChargebackRow]
     total: ChargebackRow
     notes: list[str]
+    #: Calls without a cost, by why ("no price library", "unknown model", "failed attempt").
+    unpriced_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def document(self) -> Document:
         return _document(self)
@@ -129,16 +131,26 @@ def chargeback(source: Source, time_range: TimeRange, by: Sequence[str] = ("team
     rows.sort(key=lambda r: (-r.spend, -r.calls, [v or "" for v in r.group.values()]))
     total = _row({n: None for n in names}, buckets, total_spend, sum(b.requests for b in buckets))
     notes = []
+    reasons: dict[str, int] = {}
     if total.unpriced_calls:
-        notes.append(
-            f"{total.unpriced_calls} call(s) have no cost (unpriced model or no usage reported,"
-            " e.g. failed attempts): their spend is not in these figures"
-        )
+        reasons = source.unpriced_reasons(time_range.start, time_range.end)
+        notes.append(unpriced_note(total.unpriced_calls, reasons))
     if not separable:
         notes.append("requests carry no provider/model: they are counted in the total, not per row")
     if any(r.group.get("team") is None for r in rows if "team" in names):
         notes.append("team '(none)' is spend with no owner: see `ownership-ctx coverage`")
-    return Chargeback(time_range, names, rows, total, notes)
+    return Chargeback(time_range, names, rows, total, notes, reasons)
+
+
+def unpriced_note(count: int, reasons: Mapping[str, int]) -> str:
+    """``3 call(s) have no cost (2 no price library, 1 failed attempt): ...`` and, when the
+    price library is missing, how to install it."""
+    why = ", ".join(f"{n} {reason}" for reason, n in reasons.items())
+    note = f"{count} call(s) have no cost" + (f" ({why})" if why else "")
+    note += ": not in these figures"
+    if "no price library" in reasons:
+        note += '; install the price library: pip install "ownership-ctx[prices]"'
+    return note
 
 
 def _text(value: object) -> str | None:
@@ -186,5 +198,6 @@ def _document(result: Chargeback) -> Document:
         "by": list(result.by),
         "rows": [dataclasses.asdict(r) for r in result.rows],
         "total": dataclasses.asdict(result.total),
+        "unpriced_reasons": result.unpriced_reasons,
     }
     return Document("chargeback", "ownership-ctx chargeback", headline, [table], result.notes, data)

@@ -160,7 +160,10 @@ def coverage(
         breakdown = hop_breakdown(source, time_range, required, unattributed, calls)
     notes = []
     if unpriced:
-        notes.append(f"{unpriced} call(s) have no cost (unpriced or no usage): not counted")
+        from .chargeback import unpriced_note
+
+        reasons = source.unpriced_reasons(time_range.start, time_range.end)
+        notes.append(unpriced_note(unpriced, reasons))
     if not total:
         notes.append("no priced spend in this range")
     result = Coverage(

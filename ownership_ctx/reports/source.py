@@ -97,6 +97,24 @@ class Source:
         )
         return [str(trace_id) for (trace_id,) in rows]
 
+    def unpriced_reasons(self, start: float, end: float) -> dict[str, int]:
+        """Calls without a cost in ``[start, end)``, counted by why (the event's
+        ``unpriced_reason``; for events stored before it existed, derived from the row)."""
+        if self.dialect == "sqlite":
+            stored, cost = "json_extract(body, '$.unpriced_reason')", "cost_nanousd"
+        else:
+            stored, cost = "body->>'unpriced_reason'", "cost"
+        reason = (
+            f"coalesce({stored}, CASE WHEN coalesce(status, '') <> 'ok' THEN 'failed attempt'"
+            " WHEN input_tokens IS NULL THEN 'no usage reported' ELSE 'unpriced' END)"
+        )
+        rows = self.fetch(
+            f"SELECT {reason} AS reason, count(*) FROM provider_calls"
+            f" WHERE {cost} IS NULL AND ts >= ? AND ts < ? GROUP BY 1 ORDER BY 2 DESC, 1",
+            [start, end],
+        )
+        return {str(name): int(count) for name, count in rows}
+
     def extent(self) -> tuple[int, int] | None:
         """The first and last stored hour (epoch seconds), None when the store is empty."""
         ((first, last),) = self.fetch("SELECT min(hour), max(hour) FROM rollup_hourly")

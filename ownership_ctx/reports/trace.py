@@ -50,6 +50,7 @@ class CallLine:
     latency_ms: float | None
     cost: Decimal | None
     cost_source: str | None
+    unpriced_reason: str | None
     fallback_of: str | None
     app_cache_hit: bool
     cost_avoided: Decimal | None
@@ -107,6 +108,18 @@ def _float(value: Any) -> float | None:
         return None
 
 
+def _unpriced_reason(event: Mapping[str, Any]) -> str | None:
+    if _decimal(event.get("cost")) is not None:
+        return None
+    stored = _str(event.get("unpriced_reason"))
+    if stored is not None:
+        return stored
+    # Stored before events said why.
+    if event.get("status") != "ok":
+        return "failed attempt"
+    return "no usage reported" if event.get("gen_ai.usage.input_tokens") is None else "unpriced"
+
+
 def trace_report(source: Source, trace_id: str) -> TraceReport:
     trace_id = trace_id.strip().lower()
     if not _TRACE_ID.fullmatch(trace_id):
@@ -160,6 +173,7 @@ def build(trace_id: str, events: Sequence[Mapping[str, Any]]) -> TraceReport:
                     _float(e.get("latency_ms")),
                     _decimal(e.get("cost")),
                     _str(e.get("cost_source")),
+                    _unpriced_reason(e),
                     _str(e.get("fallback_of")),
                     bool(e.get("app_cache_hit")),
                     _decimal(e.get("cost_avoided")),
@@ -255,7 +269,7 @@ def _note(c: CallLine) -> str:
     if c.app_cache_hit:
         parts.append(f"app cache hit, avoided {money_text(c.cost_avoided)}")
     if c.cost is None:
-        parts.append("no cost" + (" (failed, free)" if c.status != "ok" else " (unpriced)"))
+        parts.append(f"no cost ({c.unpriced_reason or 'unpriced'})")
     elif c.cost_source and c.cost_source != "price_table":
         parts.append(c.cost_source)
     return "; ".join(parts)

@@ -31,7 +31,7 @@ def test_retried_request(main: Source) -> None:
     }
     assert result.loss is None
     text = render(result.document(), "table", width=200)
-    assert "total" in text and "no cost (failed, free)" in text
+    assert "total" in text and "no cost (failed attempt)" in text
 
 
 def test_fallback_and_cache_hit(main: Source) -> None:
