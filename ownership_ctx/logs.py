@@ -2,19 +2,32 @@
 
 Both add the bound envelope's fields that have values (``trace_id``, ``owner_team``,
 ``workflow_id``, ``feature``, ``tenant``, ``user``, ``attribution`` and extras as
-``extra.<key>``), under names you can change, and add nothing when no envelope is bound.
-Neither imports structlog: a structlog processor is just a callable.
+``extra.<key>``), under names you can change. The processor adds nothing when no envelope is
+bound; the filter gives every standard field a default (``"-"``, like asgi-correlation-id's
+``default_value``), so a format string naming them works on lines logged outside any request or
+task. Neither imports structlog: a structlog processor is just a callable.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, MutableMapping
-from typing import Any
+from typing import Any, Final
 
 from .context import current
 
-__all__ = ["OwnershipLogFilter", "add_ownership", "ownership_processor"]
+__all__ = ["FIELDS", "OwnershipLogFilter", "add_ownership", "ownership_processor"]
+
+#: The envelope's standard fields, as `Envelope.as_dict` names them.
+FIELDS: Final = (
+    "trace_id",
+    "owner_team",
+    "workflow_id",
+    "feature",
+    "tenant",
+    "user",
+    "attribution",
+)
 
 
 class _Fields:
@@ -23,6 +36,10 @@ class _Fields:
     def __init__(self, rename: Mapping[str, str] | None, prefix: str) -> None:
         self._rename = dict(rename or {})
         self._prefix = prefix
+
+    def names(self) -> tuple[str, ...]:
+        """The attribute names of the standard fields (renamed and prefixed)."""
+        return tuple(self._prefix + self._rename.get(k, k) for k in FIELDS)
 
     def of_current(self) -> dict[str, str] | None:
         envelope = current()
@@ -58,18 +75,29 @@ class OwnershipLogFilter(logging.Filter):
     """Adds the envelope's fields as attributes of each `logging.LogRecord`; never drops one.
 
     Attach it to a handler (so records from every logger get it) and name the fields in the
-    format, with defaults for lines written outside any unit of work::
+    format; outside any unit of work (and for a field the envelope lacks) they read
+    ``default_value``::
 
         handler.addFilter(OwnershipLogFilter())
-        handler.setFormatter(logging.Formatter(
-            "%(message)s team=%(owner_team)s trace=%(trace_id)s",
-            defaults={"owner_team": "-", "trace_id": "-"},
-        ))
+        handler.setFormatter(logging.Formatter("%(message)s team=%(owner_team)s %(trace_id)s"))
+
+    ``default_value=None`` adds only the fields that have values (then give the formatter
+    ``defaults=``). A value a record already has (``extra=``) is never replaced.
     """
 
-    def __init__(self, rename: Mapping[str, str] | None = None, prefix: str = "") -> None:
+    def __init__(
+        self,
+        rename: Mapping[str, str] | None = None,
+        prefix: str = "",
+        default_value: str | None = "-",
+    ) -> None:
         super().__init__()
         self._fields = _Fields(rename, prefix)
+        self._defaults = (
+            {name: default_value for name in self._fields.names()}
+            if default_value is not None
+            else {}
+        )
 
     def filter(self, record: logging.LogRecord) -> bool:
         values = self._fields.of_current()
@@ -77,4 +105,7 @@ class OwnershipLogFilter(logging.Filter):
             for key, value in values.items():
                 if not hasattr(record, key):
                     setattr(record, key, value)
+        for key, value in self._defaults.items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
         return True

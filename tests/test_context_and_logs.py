@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -177,7 +178,36 @@ def test_logging_filter_adds_record_attributes(
 def test_logging_filter_renames_and_never_drops() -> None:
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
     log_filter = OwnershipLogFilter(rename={"owner_team": "team"}, prefix="ownership_")
-    assert log_filter.filter(record) is True and not hasattr(record, "ownership_team")
+    assert log_filter.filter(record) is True
+    assert record.ownership_team == "-"  # type: ignore[attr-defined]  # the default
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
     with bind(A):
         assert log_filter.filter(record) is True
     assert record.ownership_team == "team-a"  # type: ignore[attr-defined]
+    assert record.ownership_tenant == "-"  # type: ignore[attr-defined]  # A has no tenant
+
+
+def test_logging_filter_defaults_let_a_format_name_its_fields_anywhere() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(OwnershipLogFilter())
+    handler.setFormatter(
+        logging.Formatter("%(message)s trace=%(trace_id)s team=%(owner_team)s %(attribution)s")
+    )
+    logger = logging.getLogger("test.ownership.defaults")
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    errors = io.StringIO()
+    with contextlib.redirect_stderr(errors):
+        logger.info("outside")
+        with bind(A):
+            logger.info("inside")
+    assert errors.getvalue() == ""  # no "--- Logging error ---"
+    assert stream.getvalue().splitlines() == [
+        "outside trace=- team=- -",
+        f"inside trace={'a' * 32} team=team-a attributed",
+    ]
+    bare = OwnershipLogFilter(default_value=None)
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
+    assert bare.filter(record) is True and not hasattr(record, "trace_id")
