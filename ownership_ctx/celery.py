@@ -346,3 +346,43 @@ def install_on_worker(*, policy: Policy | None = None, keys: Keys | None = None)
     uid = "ownership_ctx.celery.install_on_worker"
     signals.worker_init.connect(on_worker_init, weak=False, dispatch_uid=uid)
     signals.worker_process_init.connect(on_process_init, weak=False, dispatch_uid=uid)
+
+
+#: What `log_envelope_on_worker_lines` appends to Celery's worker and task log formats.
+WORKER_LOG_SUFFIX: Final = " [trace=%(trace_id)s owner=%(owner_team)s]"
+
+
+def log_envelope_on_worker_lines(app: Celery, *, suffix: str = WORKER_LOG_SUFFIX) -> None:
+    """Put the envelope (trace id and owner) on Celery's own worker log lines.
+
+    Call it next to `install`, in the module the worker imports (``celery -A``)::
+
+        install(app)
+        log_envelope_on_worker_lines(app)
+
+    Appends ``suffix`` to ``worker_log_format`` and ``worker_task_log_format`` and puts an
+    `OwnershipLogFilter` on the handlers Celery sets up (``after_setup_logger`` /
+    ``after_setup_task_logger``; prefork children inherit them), so lines logged inside a task,
+    including Celery's "succeeded" / "raised" / "retry" lines, read ``[trace=4bf9… owner=search]``
+    and lines outside any task ``[trace=- owner=-]``. ``suffix`` may name any envelope field
+    (``%(workflow_id)s``, ``%(feature)s``, ``%(attribution)s``, ...); ``""`` adds the filter only,
+    for your own formats. Idempotent.
+    """
+    from celery import signals
+
+    from .logs import OwnershipLogFilter
+
+    if suffix:
+        for key in ("worker_log_format", "worker_task_log_format"):
+            fmt = app.conf[key]
+            if not fmt.endswith(suffix):
+                app.conf[key] = fmt + suffix
+
+    def add_filter(logger: logging.Logger | None = None, **_: Any) -> None:
+        for handler in logger.handlers if logger is not None else ():
+            if not any(isinstance(f, OwnershipLogFilter) for f in handler.filters):
+                handler.addFilter(OwnershipLogFilter())
+
+    uid = "ownership_ctx.celery.log_envelope_on_worker_lines"
+    signals.after_setup_logger.connect(add_filter, weak=False, dispatch_uid=uid)
+    signals.after_setup_task_logger.connect(add_filter, weak=False, dispatch_uid=uid)
