@@ -409,6 +409,25 @@ def _report(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
+def _fake_provider_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, default=9000, help="port to listen on (default 9000)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+
+
+def _fake_provider(args: argparse.Namespace, ctx: Context) -> int:
+    from ownership_ctx.testing.fake_providers import serve
+
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port} is not a port number")
+    try:
+        serve(args.port, args.host, ctx.out)
+    except OSError as e:
+        raise UsageError(
+            f"cannot listen on {args.host}:{args.port}: {e.strerror or e} (try another --port)"
+        ) from None
+    return EXIT_OK
+
+
 def _check_chargeback(args: argparse.Namespace) -> None:
     if args.output:
         check_output_path(args.output)
@@ -441,6 +460,14 @@ for _command in (
         _anomaly_args,
         _anomaly,
         ranged=False,  # its periods are --baseline / --current
+    ),
+    Command(
+        "fake-provider",
+        "a local fake OpenAI / Anthropic / Gemini / Bedrock API (usage included), for trying"
+        " things without keys or cost",
+        _fake_provider_args,
+        _fake_provider,
+        store=False,
     ),
     Command(
         "report",

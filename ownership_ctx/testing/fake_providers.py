@@ -41,7 +41,7 @@ from urllib.parse import unquote, urlsplit
 
 from .eventstream import encode_event
 
-__all__ = ["FakeProviders", "FakeUsage", "Raw", "Step"]
+__all__ = ["FakeProviders", "FakeUsage", "Raw", "Step", "serve"]
 
 
 @dataclasses.dataclass
@@ -99,7 +99,10 @@ def api_of(path: str) -> str | None:
 class FakeProviders:
     """The server. Thread-safe; use as a context manager or `start`/`stop`."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0, host: str = "127.0.0.1") -> None:
+        #: Where `start` listens (port 0: any free port); ``ownership-ctx fake-provider --port``.
+        self.host = host
+        self.port = port
         self.usage = FakeUsage()
         #: The tier responses report; ``None``: the requested one (OpenAI "auto" -> "default").
         self.tier: str | None = None
@@ -116,7 +119,7 @@ class FakeProviders:
 
     def start(self) -> FakeProviders:
         handler = type("Handler", (_Handler,), {"fake": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server = ThreadingHTTPServer((self.host, self.port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -611,3 +614,30 @@ def _bedrock_frames(fake: FakeProviders) -> Iterator[bytes]:
             "serviceTier": {"type": fake.tier or "default"},
         },
     )
+
+
+def serve(port: int, host: str = "127.0.0.1", out: Any = None) -> None:
+    """Run the fake providers on ``host:port`` until interrupted (SIGINT / SIGTERM): what
+    ``ownership-ctx fake-provider`` runs. Raises `OSError` when the port is taken."""
+    import signal
+    import sys
+
+    stream = out or sys.stdout
+    stop = threading.Event()
+    fake = FakeProviders(port, host).start()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stream.write(
+            f"fake LLM providers on {fake.url} (Ctrl-C stops):\n"
+            f"  OPENAI_BASE_URL={fake.openai_url}\n"
+            f"  ANTHROPIC_BASE_URL={fake.url}\n"
+            f"  Gemini: http_options base_url={fake.url}; Bedrock: endpoint_url={fake.url}\n"
+        )
+        stream.flush()
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        fake.stop()
