@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.util
 import logging
 import threading
 import warnings
@@ -90,10 +89,15 @@ _warned_library = False
 
 
 def price_library_installed() -> bool:
-    """Whether genai-prices can be imported (looked up once)."""
+    """Whether genai-prices can be imported (tried once; it is needed by the first call)."""
     global _library
     if _library is None:
-        _library = importlib.util.find_spec("genai_prices") is not None
+        try:
+            import genai_prices  # noqa: F401
+        except ImportError:
+            _library = False
+        else:
+            _library = True
     return _library
 
 
