@@ -381,7 +381,7 @@ def log_envelope_on_worker_lines(app: Celery, *, suffix: str = WORKER_LOG_SUFFIX
     def add_filter(logger: logging.Logger | None = None, **_: Any) -> None:
         for handler in logger.handlers if logger is not None else ():
             if not any(isinstance(f, OwnershipLogFilter) for f in handler.filters):
-                handler.addFilter(OwnershipLogFilter())
+                handler.addFilter(OwnershipLogFilter(default_value="-"))
 
     uid = "ownership_ctx.celery.log_envelope_on_worker_lines"
     signals.after_setup_logger.connect(add_filter, weak=False, dispatch_uid=uid)

@@ -3,9 +3,9 @@
 Both add the bound envelope's fields that have values (``trace_id``, ``owner_team``,
 ``workflow_id``, ``feature``, ``tenant``, ``user``, ``attribution`` and extras as
 ``extra.<key>``), under names you can change. The processor adds nothing when no envelope is
-bound; the filter gives every standard field a default (``"-"``, like asgi-correlation-id's
-``default_value``), so a format string naming them works on lines logged outside any request or
-task. Neither imports structlog: a structlog processor is just a callable.
+bound; the filter always sets every standard field, to ``default_value`` when it has no value
+(as asgi-correlation-id's filter does), so a format string naming them works on lines logged
+outside any request or task. Neither imports structlog: a structlog processor is just a callable.
 """
 
 from __future__ import annotations
@@ -76,28 +76,23 @@ class OwnershipLogFilter(logging.Filter):
 
     Attach it to a handler (so records from every logger get it) and name the fields in the
     format; outside any unit of work (and for a field the envelope lacks) they read
-    ``default_value``::
+    ``default_value`` (``None`` by default: ``null`` in JSON logs; ``"-"`` suits text)::
 
-        handler.addFilter(OwnershipLogFilter())
+        handler.addFilter(OwnershipLogFilter(default_value="-"))
         handler.setFormatter(logging.Formatter("%(message)s team=%(owner_team)s %(trace_id)s"))
 
-    ``default_value=None`` adds only the fields that have values (then give the formatter
-    ``defaults=``). A value a record already has (``extra=``) is never replaced.
+    A value a record already has (``extra=``) is never replaced.
     """
 
     def __init__(
         self,
         rename: Mapping[str, str] | None = None,
         prefix: str = "",
-        default_value: str | None = "-",
+        default_value: str | None = None,
     ) -> None:
         super().__init__()
         self._fields = _Fields(rename, prefix)
-        self._defaults = (
-            {name: default_value for name in self._fields.names()}
-            if default_value is not None
-            else {}
-        )
+        self._defaults = {name: default_value for name in self._fields.names()}
 
     def filter(self, record: logging.LogRecord) -> bool:
         values = self._fields.of_current()
@@ -105,7 +100,7 @@ class OwnershipLogFilter(logging.Filter):
             for key, value in values.items():
                 if not hasattr(record, key):
                     setattr(record, key, value)
-        for key, value in self._defaults.items():
+        for key, default in self._defaults.items():
             if not hasattr(record, key):
-                setattr(record, key, value)
+                setattr(record, key, default)
         return True

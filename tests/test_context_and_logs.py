@@ -148,13 +148,8 @@ def test_structlog_processor_names_are_configurable() -> None:
 def captured() -> tuple[logging.Logger, io.StringIO]:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.addFilter(OwnershipLogFilter())
-    handler.setFormatter(
-        logging.Formatter(
-            "%(message)s team=%(owner_team)s trace=%(trace_id)s",
-            defaults={"owner_team": "-", "trace_id": "-"},
-        )
-    )
+    handler.addFilter(OwnershipLogFilter(default_value="-"))
+    handler.setFormatter(logging.Formatter("%(message)s team=%(owner_team)s trace=%(trace_id)s"))
     logger = logging.getLogger("test.ownership.filter")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -179,18 +174,18 @@ def test_logging_filter_renames_and_never_drops() -> None:
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
     log_filter = OwnershipLogFilter(rename={"owner_team": "team"}, prefix="ownership_")
     assert log_filter.filter(record) is True
-    assert record.ownership_team == "-"  # type: ignore[attr-defined]  # the default
+    assert record.ownership_team is None  # type: ignore[attr-defined]  # the default value
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
     with bind(A):
         assert log_filter.filter(record) is True
     assert record.ownership_team == "team-a"  # type: ignore[attr-defined]
-    assert record.ownership_tenant == "-"  # type: ignore[attr-defined]  # A has no tenant
+    assert record.ownership_tenant is None  # type: ignore[attr-defined]  # A has no tenant
 
 
 def test_logging_filter_defaults_let_a_format_name_its_fields_anywhere() -> None:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.addFilter(OwnershipLogFilter())
+    handler.addFilter(OwnershipLogFilter())  # default_value None, as asgi-correlation-id's
     handler.setFormatter(
         logging.Formatter("%(message)s trace=%(trace_id)s team=%(owner_team)s %(attribution)s")
     )
@@ -205,9 +200,11 @@ def test_logging_filter_defaults_let_a_format_name_its_fields_anywhere() -> None
             logger.info("inside")
     assert errors.getvalue() == ""  # no "--- Logging error ---"
     assert stream.getvalue().splitlines() == [
-        "outside trace=- team=- -",
+        "outside trace=None team=None None",
         f"inside trace={'a' * 32} team=team-a attributed",
     ]
-    bare = OwnershipLogFilter(default_value=None)
+    # What a record already carries (extra=) is kept.
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
-    assert bare.filter(record) is True and not hasattr(record, "trace_id")
+    record.owner_team = "given"
+    assert OwnershipLogFilter(default_value="-").filter(record) is True
+    assert (record.owner_team, record.trace_id) == ("given", "-")  # type: ignore[attr-defined]
