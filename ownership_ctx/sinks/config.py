@@ -21,6 +21,7 @@ Other PostgreSQL parameters go to libpq untouched.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import tempfile
 from collections.abc import Mapping
@@ -151,6 +152,12 @@ def open_backend(url: str, *, readonly: bool = False) -> Any:
     if parsed.scheme == "postgresql":
         from ownership_ctx.sinks.postgres import PostgresStore
 
+        if importlib.util.find_spec("psycopg") is None:
+            # Now, at install time, rather than as a failing write in the background later.
+            raise ModuleNotFoundError(
+                'PostgreSQL stores need psycopg: pip install "ownership-ctx[postgres]"',
+                name="psycopg",
+            )
         return PostgresStore(parsed.libpq_url(), readonly=readonly, **parsed.options(_PG_OPTIONS))
     if parsed.scheme == "jsonl":
         from ownership_ctx.sinks.jsonl import JsonLinesSink

@@ -6,18 +6,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import socket
+import sqlite3
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 import pytest
 
 from ownership_ctx import __version__
 from ownership_ctx.sinks.sqlite import SQLiteStore
+from tests.integrations.support import free_port
 from tests.reports.scenario import epoch, trace_id
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -233,8 +239,6 @@ def test_bad_invocations_are_one_line_with_exit_2(small: str, tmp_path: Path) ->
     not_a_db = tmp_path / "notes.db"
     not_a_db.write_text("hello\n" * 100)
     other_sqlite = tmp_path / "other.db"
-    import sqlite3
-
     with sqlite3.connect(other_sqlite) as conn:
         conn.execute("CREATE TABLE t (x)")
     full = tmp_path / "full"
@@ -358,3 +362,30 @@ def test_bare_path_and_environment_and_default(small: str, tmp_path: Path) -> No
 def test_progress_only_on_a_terminal(main_url: str, tmp_path: Path) -> None:
     result = run("audit", "--db", main_url, *RANGE)
     assert result.stderr == ""  # piped: results only, no progress lines
+
+
+def test_fake_provider_command(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "ownership_ctx.cli", "fake-provider", "--port", str(port)]
+    out = tmp_path / "fake.out"
+    with open(out, "w") as stream:
+        process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while f"OPENAI_BASE_URL=http://127.0.0.1:{port}/v1" not in out.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, out.read_text()
+            time.sleep(0.1)
+        reply = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
+        ).json()
+        assert reply["usage"]["prompt_tokens"] > 0
+        # The port is taken now: a second one says so in one line.
+        line = one_line_error(run("fake-provider", "--port", str(port)))
+        assert f"cannot listen on 127.0.0.1:{port}" in line
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", port)) != 0  # stopped listening
