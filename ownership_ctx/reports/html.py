@@ -296,6 +296,11 @@ code{font-size:11px;color:#555}
 """
 
 
+def _notes(notes: list[str]) -> str:
+    # Calls without a cost and why ("no price library", "unknown model", "failed attempt").
+    return "".join(f'<p class="sub">{_e(note)}</p>' for note in notes)
+
+
 def render_html(report: HtmlReport) -> str:
     cov = report.coverage
     total = report.by_team.total
@@ -341,7 +346,7 @@ def render_html(report: HtmlReport) -> str:
         f"<h2>Spend by team per day (USD)</h2>{_spend_chart(report)}"
         f"<h2>Coverage: unattributed share per day</h2>{_coverage_chart(report)}"
         f"<h2>Where ownership was lost</h2>{hops}"
-        f"<h2>Chargeback by team</h2>{teams}"
+        f"<h2>Chargeback by team</h2>{teams}{_notes(report.by_team.notes)}"
         f"<h2>Most expensive requests</h2>{_top_section(report)}"
     )
     csp = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"

@@ -303,13 +303,18 @@ def test_identifiers_are_never_cut_when_piped(small: str) -> None:
     assert "…" not in result.stdout
 
 
-def test_unpriced_calls_are_counted_by_reason(small: str) -> None:
+def test_unpriced_calls_are_counted_by_reason(small: str, tmp_path: Path) -> None:
     result = run("chargeback", "--db", small, *RANGE, "--format", "json")
     data = json.loads(result.stdout)
     assert data["unpriced_reasons"] == {"failed attempt": 1, "no price library": 1}
     table = run("chargeback", "--db", small, *RANGE).stdout
     assert "1 failed attempt" in table and "1 no price library" in table
     assert 'pip install "ownership-ctx[prices]"' in table
+    page = tmp_path / "r.html"
+    assert run("report", "--db", small, *RANGE, "--html", str(page)).returncode == 0
+    assert "1 no price library" in page.read_text()
+    coverage = run("coverage", "--db", small, *RANGE).stdout
+    assert "1 failed attempt" in coverage
 
 
 def test_anomaly_names_what_each_period_lacks(small: str) -> None:
