@@ -63,11 +63,16 @@ class Source:
             return self.queries.rollups(start, end, group_by=group_by, where=where)
         except Exception as e:
             if _is_database_error(e):
-                raise StoreError(f"cannot read rollups: {e}") from e
+                raise StoreError(f"cannot read rollups: {_one_line(e)}") from e
             raise
 
     def events_by_trace(self, trace_id: str) -> list[dict[str, Any]]:
-        return self.queries.events_by_trace(trace_id)
+        try:
+            return self.queries.events_by_trace(trace_id)
+        except Exception as e:
+            if _is_database_error(e):
+                raise StoreError(f"cannot read trace {trace_id}: {_one_line(e)}") from e
+            raise
 
     # -- raw rows -----------------------------------------------------------------------------
 
@@ -80,7 +85,7 @@ class Source:
             return list(cursor.fetchall())
         except Exception as e:
             if _is_database_error(e):
-                raise StoreError(f"cannot query the store: {e}") from e
+                raise StoreError(f"cannot query the store: {_one_line(e)}") from e
             raise
 
     def trace_ids(self, prefix: str, limit: int = 11) -> list[str]:
