@@ -463,8 +463,7 @@ for _command in (
     ),
     Command(
         "fake-provider",
-        "a local fake OpenAI / Anthropic / Gemini / Bedrock API (usage included), for trying"
-        " things without keys or cost",
+        "a local fake OpenAI / Anthropic / Gemini / Bedrock API: try things without keys",
         _fake_provider_args,
         _fake_provider,
         store=False,
