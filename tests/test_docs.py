@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 
 from ownership_ctx import events
 from ownership_ctx.metering.schema import FIELDS
+from ownership_ctx.testing.fake_providers import FakeProviders
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -101,3 +104,66 @@ def test_provider_call_field_table_matches_the_schema() -> None:
     section = text.split("## The provider_call event", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"^\| `([^`]+)` \|", section, flags=re.M))
     assert documented == set(FIELDS)
+
+
+# -- the README's adoption path, step by step ---------------------------------------------
+
+OWNER = {"x-owner-team": "support", "x-workflow-id": "ticket-triage", "x-feature": "summarize"}
+CLI = str(Path(sys.executable).with_name("ownership-ctx"))
+
+
+def _readme_app(mode: str) -> object:
+    """The README's app.py, with the policy's mode as step 1 (quarantine) or 4 (enforce)."""
+    code = FENCE.findall((ROOT / "README.md").read_text())[0]
+    assert 'mode="quarantine"' in code
+    namespace: dict[str, object] = {"__name__": "app"}
+    exec(compile(code.replace('mode="quarantine"', f'mode="{mode}"'), "app.py", "exec"), namespace)
+    return namespace["app"]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("store", ["default", "from-env"])
+def test_the_readme_adoption_path(store: str, isolated: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    if store == "from-env":
+        os.environ["OWNERSHIP_CTX_SINK_URL"] = f"sqlite:///{isolated / 'events.db'}"
+    else:  # the app and the CLI agree on the default with nothing configured
+        os.environ.pop("OWNERSHIP_CTX_SINK_URL", None)
+    with FakeProviders() as fake:
+        os.environ["OPENAI_API_KEY"] = "sk-test"
+        os.environ["OPENAI_BASE_URL"] = fake.openai_url
+        # Step 2: one request with its owner, one without; exempt routes answer.
+        with TestClient(_readme_app("quarantine")) as client:  # runs the lifespan
+            owned = client.post("/v1/summarize?text=hello", headers=OWNER)
+            anonymous = client.post("/v1/summarize?text=hello")
+            exempt = [client.get(p).status_code for p in ("/healthz", "/docs", "/openapi.json")]
+        assert (owned.status_code, anonymous.status_code, exempt) == (200, 200, [200] * 3)
+        assert owned.headers["x-trace-id"] != anonymous.headers["x-trace-id"]
+        sink = events.get_sink()
+        assert sink is not None
+        sink.close()  # type: ignore[attr-defined]
+
+        # Step 3: coverage names the route that sent nothing, and nothing else.
+        coverage = _cli("coverage")
+        assert coverage.returncode == 0, coverage.stderr
+        assert "/v1/summarize" in coverage.stdout and "quarantined" in coverage.stdout
+        assert "/healthz" not in coverage.stdout and "/docs" not in coverage.stdout
+        assert "50.00%" in coverage.stdout  # one call of two has no owner
+        chargeback = _cli("chargeback", "--by", "team")
+        assert chargeback.returncode == 0 and "support" in chargeback.stdout
+
+        # Step 4: enforce refuses the caller without an owner; exempt routes still answer.
+        with TestClient(_readme_app("enforce")) as client:
+            refused = client.post("/v1/summarize?text=hello")
+            exempt = [client.get(p).status_code for p in ("/healthz", "/docs", "/openapi.json")]
+            assert client.post("/v1/summarize?text=hello", headers=OWNER).status_code == 200
+        assert refused.status_code == 400 and exempt == [200] * 3
+        assert refused.headers["content-type"] == "application/problem+json"
+        sink = events.get_sink()
+        assert sink is not None
+        sink.close()  # type: ignore[attr-defined]
+    assert _cli("coverage", "--max-unattributed", "2%").returncode == 1  # still 1 call of 3
