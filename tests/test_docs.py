@@ -125,6 +125,7 @@ def test_provider_call_field_table_matches_the_schema() -> None:
 # -- the README's adoption path, step by step ---------------------------------------------
 
 OWNER = {"x-owner-team": "support", "x-workflow-id": "ticket-triage", "x-feature": "summarize"}
+LEGAL = {"x-owner-team": "legal", "x-workflow-id": "contract-review", "x-feature": "classify"}
 CLI = str(Path(sys.executable).with_name("ownership-ctx"))
 
 
@@ -183,3 +184,28 @@ def test_the_readme_adoption_path(store: str, isolated: Path) -> None:
         assert sink is not None
         sink.close()
     assert _cli("coverage", "--max-unattributed", "2%").returncode == 1  # still 1 call of 3
+
+
+def test_the_flask_adoption_path(isolated: Path) -> None:
+    code = FENCE.findall((ROOT / "docs" / "flask-dramatiq.md").read_text())[0]
+    namespace: dict[str, object] = {"__name__": "app"}
+    exec(compile(code, "app.py", "exec"), namespace)
+    os.environ.pop("OWNERSHIP_CTX_SINK_URL", None)  # the default store, for the app and the CLI
+    with FakeProviders() as fake:
+        os.environ["ANTHROPIC_API_KEY"] = "sk-test"
+        os.environ["ANTHROPIC_BASE_URL"] = fake.url
+        client = namespace["create_app"]().test_client()  # type: ignore[operator]
+        statuses = [
+            client.post("/v1/classify", headers=LEGAL).status_code,
+            client.post("/v1/classify").status_code,
+            client.get("/health").status_code,
+        ]
+        assert statuses == [200, 200, 200]
+        sink = events.get_sink()
+        assert sink is not None
+        sink.close()
+    coverage = _cli("coverage")
+    assert coverage.returncode == 0, coverage.stderr
+    assert re.search(r"^http +/v1/classify +quarantined ", coverage.stdout, flags=re.M)
+    assert "50.00%" in coverage.stdout and "/health" not in coverage.stdout
+    assert re.search(r"^legal ", _cli("chargeback", "--by", "team").stdout, flags=re.M)
