@@ -1,0 +1,211 @@
+"""The README and docs/ are the user's manual: every ```python block runs (each in a fresh
+namespace, in a fresh working directory, in file order) and runs again without leaving stray
+files behind, every relative link leads to a file, and the provider_call field table lists
+exactly the documented schema."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ownership_ctx import events
+from ownership_ctx.metering.schema import FIELDS
+from ownership_ctx.testing.fake_providers import FakeProviders
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+FENCE = re.compile(r"^```python\n(.*?)^```", flags=re.M | re.S)
+# [text](target) — the target up to a space or the closing parenthesis.
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)[^)]*\)")
+
+
+def _name(page: Path) -> str:
+    return page.relative_to(ROOT).as_posix()
+
+
+BLOCKS = [
+    pytest.param(page, number, code, id=f"{_name(page)}-block{number}")
+    for page in PAGES
+    for number, code in enumerate(FENCE.findall(page.read_text()), start=1)
+]
+
+
+@pytest.fixture
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh working directory; the event sink and the environment restored afterwards."""
+    monkeypatch.chdir(tmp_path)  # snippets may write files (a SQLite store, a report)
+    environ = dict(os.environ)
+    previous = events.get_sink()
+    try:
+        yield tmp_path
+    finally:
+        events.set_sink(previous)
+        os.environ.clear()
+        os.environ.update(environ)
+
+
+def _run(page: Path, number: int, code: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        compiled = compile(code, f"{_name(page)}[python block {number}]", "exec")
+        exec(compiled, {"__name__": f"docs_block_{number}"})
+
+
+def test_the_docs_have_snippets() -> None:
+    assert len(BLOCKS) >= 20
+    assert (ROOT / "docs" / "index.md").exists()
+
+
+@pytest.mark.parametrize(("page", "number", "code"), BLOCKS)
+def test_snippet_runs(page: Path, number: int, code: str, isolated: Path) -> None:
+    _run(page, number, code)
+
+
+@pytest.mark.parametrize(("page", "number", "code"), BLOCKS)
+def test_snippet_runs_twice_and_leaves_no_spool(
+    page: Path, number: int, code: str, isolated: Path
+) -> None:
+    _run(page, number, code)
+    _run(page, number, code)  # same directory: whatever the first run left must not matter
+    leftovers = [p.relative_to(isolated).as_posix() for p in isolated.rglob("*.spool")]
+    assert leftovers == []
+
+
+def _prose(page: Path) -> str:
+    return re.sub(r"^```.*?^```", "", page.read_text(), flags=re.M | re.S)
+
+
+def _relative_links(page: Path) -> Iterator[str]:
+    """Every link target that is not a URL (``https:``, ``mailto:``), anchors included."""
+    for target in LINK.findall(_prose(page)):
+        if not re.match(r"[a-z][a-z0-9+.-]*:", target):
+            yield target
+
+
+def _anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings: lowercased, punctuation dropped, spaces
+    to dashes."""
+    headings = re.findall(r"^#+ (.+)$", _prose(page), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_name)
+def test_relative_links_resolve(page: Path) -> None:
+    def resolves(target: str) -> bool:
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path) if path else page
+        if not linked.exists():
+            return False
+        return not anchor or linked.suffix != ".md" or anchor in _anchors(linked)
+
+    assert [t for t in _relative_links(page) if not resolves(t)] == []
+
+
+def test_every_docs_page_is_listed_in_the_index() -> None:
+    index = ROOT / "docs" / "index.md"
+    listed = {(index.parent / t.partition("#")[0]).resolve() for t in _relative_links(index)}
+    pages = {p.resolve() for p in PAGES if p.parent != ROOT and p != index}
+    assert pages - listed == set()
+
+
+def test_provider_call_field_table_matches_the_schema() -> None:
+    text = (ROOT / "docs" / "event-schema.md").read_text()
+    section = text.split("## The provider_call event", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([^`]+)` \|", section, flags=re.M))
+    assert documented == set(FIELDS)
+
+
+# -- the README's adoption path, step by step ---------------------------------------------
+
+OWNER = {"x-owner-team": "support", "x-workflow-id": "ticket-triage", "x-feature": "summarize"}
+LEGAL = {"x-owner-team": "legal", "x-workflow-id": "contract-review", "x-feature": "classify"}
+CLI = str(Path(sys.executable).with_name("ownership-ctx"))
+
+
+def _readme_app(mode: str) -> object:
+    """The README's app.py, with the policy's mode as step 1 (quarantine) or 4 (enforce)."""
+    code = FENCE.findall((ROOT / "README.md").read_text())[0]
+    assert 'mode="quarantine"' in code
+    namespace: dict[str, object] = {"__name__": "app"}
+    exec(compile(code.replace('mode="quarantine"', f'mode="{mode}"'), "app.py", "exec"), namespace)
+    return namespace["app"]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("store", ["default", "from-env"])
+def test_the_readme_adoption_path(store: str, isolated: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    if store == "from-env":
+        os.environ["OWNERSHIP_CTX_SINK_URL"] = f"sqlite:///{isolated / 'events.db'}"
+    else:  # the app and the CLI agree on the default with nothing configured
+        os.environ.pop("OWNERSHIP_CTX_SINK_URL", None)
+    with FakeProviders() as fake:
+        os.environ["OPENAI_API_KEY"] = "sk-test"
+        os.environ["OPENAI_BASE_URL"] = fake.openai_url
+        # Step 2: one request with its owner, one without; exempt routes answer.
+        with TestClient(_readme_app("quarantine")) as client:  # runs the lifespan
+            owned = client.post("/v1/summarize?text=hello", headers=OWNER)
+            anonymous = client.post("/v1/summarize?text=hello")
+            exempt = [client.get(p).status_code for p in ("/healthz", "/docs", "/openapi.json")]
+        assert (owned.status_code, anonymous.status_code, exempt) == (200, 200, [200] * 3)
+        assert owned.headers["x-trace-id"] != anonymous.headers["x-trace-id"]
+        sink = events.get_sink()
+        assert sink is not None
+        sink.close()
+
+        # Step 3: coverage names the route that sent nothing, and nothing else.
+        coverage = _cli("coverage")
+        assert coverage.returncode == 0, coverage.stderr
+        assert "/v1/summarize" in coverage.stdout and "quarantined" in coverage.stdout
+        assert "/healthz" not in coverage.stdout and "/docs" not in coverage.stdout
+        assert "50.00%" in coverage.stdout  # one call of two has no owner
+        chargeback = _cli("chargeback", "--by", "team")
+        assert chargeback.returncode == 0 and "support" in chargeback.stdout
+
+        # Step 4: enforce refuses the caller without an owner; exempt routes still answer.
+        with TestClient(_readme_app("enforce")) as client:
+            refused = client.post("/v1/summarize?text=hello")
+            exempt = [client.get(p).status_code for p in ("/healthz", "/docs", "/openapi.json")]
+            assert client.post("/v1/summarize?text=hello", headers=OWNER).status_code == 200
+        assert refused.status_code == 400 and exempt == [200] * 3
+        assert refused.headers["content-type"] == "application/problem+json"
+        sink = events.get_sink()
+        assert sink is not None
+        sink.close()
+    assert _cli("coverage", "--max-unattributed", "2%").returncode == 1  # still 1 call of 3
+
+
+def test_the_flask_adoption_path(isolated: Path) -> None:
+    code = FENCE.findall((ROOT / "docs" / "flask-dramatiq.md").read_text())[0]
+    namespace: dict[str, object] = {"__name__": "app"}
+    exec(compile(code, "app.py", "exec"), namespace)
+    os.environ.pop("OWNERSHIP_CTX_SINK_URL", None)  # the default store, for the app and the CLI
+    with FakeProviders() as fake:
+        os.environ["ANTHROPIC_API_KEY"] = "sk-test"
+        os.environ["ANTHROPIC_BASE_URL"] = fake.url
+        client = namespace["create_app"]().test_client()  # type: ignore[operator]
+        statuses = [
+            client.post("/v1/classify", headers=LEGAL).status_code,
+            client.post("/v1/classify").status_code,
+            client.get("/health").status_code,
+        ]
+        assert statuses == [200, 200, 200]
+        sink = events.get_sink()
+        assert sink is not None
+        sink.close()
+    coverage = _cli("coverage")
+    assert coverage.returncode == 0, coverage.stderr
+    assert re.search(r"^http +/v1/classify +quarantined ", coverage.stdout, flags=re.M)
+    assert "50.00%" in coverage.stdout and "/health" not in coverage.stdout
+    assert re.search(r"^legal ", _cli("chargeback", "--by", "team").stdout, flags=re.M)
