@@ -36,8 +36,8 @@ REQUIRED_ENV: Final = "OWNERSHIP_CTX_REQUIRED"
 TRUST_ENV: Final = "OWNERSHIP_CTX_TRUST"
 TRACE_HEADER_ENV: Final = "OWNERSHIP_CTX_TRACE_HEADER"
 
-#: The policy of an instrumentor nobody configured: observe, never reject.
-OBSERVE: Final = Policy(mode="quarantine")
+#: The mode of an instrumentor nobody configured: observe, never reject.
+OBSERVE_MODE: Final = "quarantine"
 
 logger = logging.getLogger("ownership_ctx")
 
@@ -55,29 +55,31 @@ def _load(spec: str) -> Any:
 def policy_from_env(environ: Mapping[str, str] | None = None) -> Policy:
     """The policy the instrumentors apply.
 
-    ``OWNERSHIP_CTX_POLICY`` (``module:attribute``, a `Policy` or a callable returning one)
-    else observe (``quarantine``); then ``OWNERSHIP_CTX_MODE``, ``OWNERSHIP_CTX_REQUIRED``
-    (comma-separated field names, empty for none) and ``OWNERSHIP_CTX_TRUST`` override it.
-    Raises ``ValueError`` (or the import's error) when the configuration is wrong.
+    ``OWNERSHIP_CTX_POLICY`` (``module:attribute``: a `Policy`, or a callable returning one),
+    its mode overridden by ``OWNERSHIP_CTX_MODE`` when set. Else `Policy.from_env` (mode,
+    required fields, trust, ...) with ``quarantine`` as the default mode: observe, never reject.
+    Raises ``ValueError`` (or the import's error) when the configuration cannot work.
     """
     env = os.environ if environ is None else environ
-    policy = OBSERVE
+    mode = env.get(MODE_ENV, "").strip()
     spec = env.get(POLICY_ENV, "").strip()
-    if spec:
-        loaded = _load(spec)
-        if not isinstance(loaded, Policy) and callable(loaded):
-            loaded = loaded()
-        if not isinstance(loaded, Policy):
-            raise ValueError(f"{POLICY_ENV}={spec!r} is not an ownership_ctx Policy")
-        policy = loaded
-    overrides: dict[str, Any] = {}
-    if env.get(MODE_ENV, "").strip():
-        overrides["mode"] = env[MODE_ENV].strip()
-    if REQUIRED_ENV in env:
-        overrides["required"] = tuple(n.strip() for n in env[REQUIRED_ENV].split(",") if n.strip())
-    if env.get(TRUST_ENV, "").strip():
-        overrides["trust"] = env[TRUST_ENV].strip()
-    return dataclasses.replace(policy, **overrides) if overrides else policy
+    if not spec:
+        return Policy.from_env({**env, MODE_ENV: mode or OBSERVE_MODE})
+    loaded = _load(spec)
+    if not isinstance(loaded, Policy) and callable(loaded):
+        loaded = loaded()
+    if not isinstance(loaded, Policy):
+        raise ValueError(f"{POLICY_ENV}={spec!r} is not an ownership_ctx Policy")
+    ignored = [name for name in (REQUIRED_ENV, TRUST_ENV) if name in env]
+    if ignored:
+        logger.warning(
+            "ownership_ctx: %s ignored: %s=%s sets the whole policy (only %s overrides it)",
+            ", ".join(ignored),
+            POLICY_ENV,
+            spec,
+            MODE_ENV,
+        )
+    return dataclasses.replace(loaded, mode=mode) if mode else loaded  # type: ignore[arg-type]
 
 
 @dataclasses.dataclass(frozen=True)
