@@ -1,7 +1,7 @@
 """`OwnershipASGIInstrumentor` (entry point ``ownership_ctx_asgi``): `OwnershipMiddleware` in
 every Starlette / FastAPI application that does not install it itself.
 
-The middleware joins the application's own middleware list when Starlette builds the stack
+The middleware wraps the application's stack when Starlette builds it
 (``build_middleware_stack``, on the first request or lifespan event), so by then the app has
 added whatever it adds: an app with its own `OwnershipMiddleware` is left alone, and its own
 policy decides. At request time the added middleware also steps aside when an envelope is
@@ -132,8 +132,6 @@ class OwnershipASGIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         settings = auto_settings("ownership_ctx_asgi", kwargs)
         if settings is None:
             return
-        from starlette.middleware import Middleware
-
         options = {
             "policy": settings.policy,
             "keys": settings.keys,
@@ -142,11 +140,13 @@ class OwnershipASGIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
         def wrap(original: Any) -> Any:
             def build_middleware_stack(app: Any) -> Any:
-                if not any(_owns_class(m) for m in app.user_middleware):
-                    # Outermost of the app's own middleware, as add_middleware would put it.
-                    auto: Any = AutoOwnershipMiddleware
-                    app.user_middleware.insert(0, Middleware(auto, starlette_app=app, **options))
-                return original(app)
+                stack = original(app)
+                if any(_owns_class(m) for m in app.user_middleware):
+                    return stack
+                # Around the whole stack, Starlette's ServerErrorMiddleware included: a request
+                # that raises is recorded with the 500 that middleware answers, and its error
+                # log line carries the envelope.
+                return AutoOwnershipMiddleware(stack, starlette_app=app, **options)
 
             build_middleware_stack.__wrapped__ = original  # type: ignore[attr-defined]
             return build_middleware_stack
