@@ -306,7 +306,9 @@ def test_one_trace_across_fastapi_flask_celery_and_dramatiq(
 ) -> None:
     for name in ("app.py", "payments.py", "tasks.py", "actors.py"):
         (tmp_path / name).write_text(python_file(name))
-    env = {**env, "BROKER_URL": f"{redis_url}/13"}
+    # Spans are exported in batches; a short delay lets the test read them without stopping
+    # the workers (a prefork child leaves with os._exit, before any exit hook could export).
+    env = {**env, "BROKER_URL": f"{redis_url}/13", "OTEL_BSP_SCHEDULE_DELAY": "200"}
     celery = Service(
         [*SETUP, command("opentelemetry-instrument celery -A tasks worker")],
         tmp_path,
@@ -351,7 +353,8 @@ def test_one_trace_across_fastapi_flask_celery_and_dramatiq(
         assert (hop["owner_team"], hop["workflow_id"], hop["feature"]) == tuple(CALLER.values())
         assert hop["attribution"] == "attributed"
 
-    outputs = {s.name: s.stop() for s in (fastapi, flask)}
-    for name, out in outputs.items():  # spans: the caller's trace id, ownership attributes
-        assert f'"trace_id": "0x{trace_id}"' in out, name
-        assert '"ownership.owner_team": "search"' in out, name
+    span = f'"trace_id": "0x{trace_id}"'
+    for service in (fastapi, flask, celery):  # spans: the caller's trace id, and ownership
+        exported = service.output
+        wait_for(f"{service.name} exports its spans", lambda: span in exported(), service)  # noqa: B023
+        assert '"ownership.owner_team": "search"' in service.output(), service.name
