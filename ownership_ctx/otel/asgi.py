@@ -1,7 +1,7 @@
 """`OwnershipASGIInstrumentor` (entry point ``ownership_ctx_asgi``): `OwnershipMiddleware` in
 every Starlette / FastAPI application that does not install it itself.
 
-The middleware wraps the application's stack when Starlette builds it
+The middleware joins the application's own middleware list when Starlette builds the stack
 (``build_middleware_stack``, on the first request or lifespan event), so by then the app has
 added whatever it adds: an app with its own `OwnershipMiddleware` is left alone, and its own
 policy decides. At request time the added middleware also steps aside when an envelope is
@@ -101,15 +101,21 @@ class AutoOwnershipMiddleware(OwnershipMiddleware):
 
 
 def _app_classes() -> list[type[Any]]:
+    """Starlette and every class above FastAPI that builds its own middleware stack.
+
+    Through the MRO: OpenTelemetry's FastAPI instrumentation may have replaced
+    ``fastapi.FastAPI`` with a subclass by now.
+    """
     from starlette.applications import Starlette
 
     classes: list[type[Any]] = [Starlette]
-    try:  # FastAPI builds its middleware stack with its own method
+    try:
         from fastapi import FastAPI
-
-        classes.append(FastAPI)
     except ImportError:
-        pass
+        return classes
+    for cls in FastAPI.__mro__:
+        if cls not in classes and issubclass(cls, Starlette):
+            classes.append(cls)
     return classes
 
 
@@ -132,6 +138,8 @@ class OwnershipASGIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         settings = auto_settings("ownership_ctx_asgi", kwargs)
         if settings is None:
             return
+        from starlette.middleware import Middleware
+
         options = {
             "policy": settings.policy,
             "keys": settings.keys,
@@ -140,20 +148,20 @@ class OwnershipASGIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
         def wrap(original: Any) -> Any:
             def build_middleware_stack(app: Any) -> Any:
-                stack = original(app)
-                if any(_owns_class(m) for m in app.user_middleware):
-                    return stack
-                # Around the whole stack, Starlette's ServerErrorMiddleware included: a request
-                # that raises is recorded with the 500 that middleware answers, and its error
-                # log line carries the envelope.
-                return AutoOwnershipMiddleware(stack, starlette_app=app, **options)
+                if not any(_owns_class(m) for m in app.user_middleware):
+                    # Outermost of the app's own middleware, where add_middleware puts it:
+                    # the stack stays what Starlette builds (OpenTelemetry's FastAPI
+                    # instrumentation rewraps it and expects Starlette's outer layer).
+                    auto: Any = AutoOwnershipMiddleware
+                    app.user_middleware.insert(0, Middleware(auto, starlette_app=app, **options))
+                return original(app)
 
             build_middleware_stack.__wrapped__ = original  # type: ignore[attr-defined]
             return build_middleware_stack
 
         for cls in _app_classes():
             original = cls.__dict__.get("build_middleware_stack")
-            if original is not None:
+            if original is not None and cls not in self._originals:
                 self._originals[cls] = original
                 cls.build_middleware_stack = wrap(original)
 

@@ -202,9 +202,9 @@ def test_fastapi_app_with_no_ownership_code_answers_as_without_the_package(
     served = len(REQUESTS) + 1  # and the readiness probe's GET /
     assert len(hops) == len(requests) == served
     assert {h["attribution"] for h in hops} == {"quarantined"}
-    assert sorted(r["status"] for r in requests) == sorted(
-        [status for status, _, _ in expected] + [404]
-    )
+    # /checkout raises: the middleware may record no status (the server answers 500 outside it).
+    statuses = [500 if r["status"] is None else r["status"] for r in requests]
+    assert sorted(statuses) == sorted([status for status, _, _ in expected] + [404])
     assert '"ownership.attribution": "quarantined"' in out  # spans carry ownership
 
 
