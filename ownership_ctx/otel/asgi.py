@@ -20,7 +20,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 
 from ..asgi import OwnershipMiddleware
 from ..context import current
-from .config import auto_settings
+from .config import auto_settings, left_off_on_error
 
 __all__ = ["AutoOwnershipMiddleware", "OwnershipASGIInstrumentor"]
 
@@ -159,11 +159,12 @@ class OwnershipASGIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             build_middleware_stack.__wrapped__ = original  # type: ignore[attr-defined]
             return build_middleware_stack
 
-        for cls in _app_classes():
-            original = cls.__dict__.get("build_middleware_stack")
-            if original is not None and cls not in self._originals:
-                self._originals[cls] = original
-                cls.build_middleware_stack = wrap(original)
+        with left_off_on_error("ownership_ctx_asgi"):
+            for cls in _app_classes():
+                original = cls.__dict__.get("build_middleware_stack")
+                if original is not None and cls not in self._originals:
+                    self._originals[cls] = original
+                    cls.build_middleware_stack = wrap(original)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         for cls, original in self._originals.items():

@@ -14,7 +14,7 @@ from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
-from .config import auto_settings
+from .config import auto_settings, left_off_on_error
 
 __all__ = ["OwnershipCeleryInstrumentor"]
 
@@ -38,18 +38,19 @@ class OwnershipCeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         settings = auto_settings("ownership_ctx_celery", kwargs)
         if settings is None:
             return
-        from celery import Celery
+        with left_off_on_error("ownership_ctx_celery"):
+            from celery import Celery
 
-        from ..celery import install
+            from ..celery import install
 
-        original = Celery.__init__
-        cls._original_init = original
+            original = Celery.__init__
+            cls._original_init = original
 
-        def init_with_ownership(app: Any, *args: Any, **init_kwargs: Any) -> None:
-            original(app, *args, **init_kwargs)
-            install(app, policy=settings.policy, keys=settings.keys)
+            def init_with_ownership(app: Any, *args: Any, **init_kwargs: Any) -> None:
+                original(app, *args, **init_kwargs)
+                install(app, policy=settings.policy, keys=settings.keys)
 
-        Celery.__init__ = init_with_ownership
+            Celery.__init__ = init_with_ownership
 
     def _uninstrument(self, **kwargs: Any) -> None:
         from celery import Celery

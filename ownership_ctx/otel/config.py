@@ -8,11 +8,12 @@ marked ``quarantined``) and no response header added. Enforcement is the operato
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 from ..gate import Gate
@@ -27,6 +28,7 @@ __all__ = [
     "TRUST_ENV",
     "AutoSettings",
     "auto_settings",
+    "left_off_on_error",
     "policy_from_env",
 ]
 
@@ -114,3 +116,13 @@ def auto_settings(name: str, kwargs: Mapping[str, Any]) -> AutoSettings | None:
         )
         return None
     return AutoSettings(policy, keys, trace_header)
+
+
+@contextlib.contextmanager
+def left_off_on_error(name: str) -> Iterator[None]:
+    """Log what goes wrong while instrumenting and leave that part off: OpenTelemetry stops
+    loading every instrumentation after one that raises."""
+    try:
+        yield
+    except Exception:
+        logger.exception("ownership_ctx: %s failed to instrument and is left off", name)

@@ -14,7 +14,7 @@ from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
-from .config import auto_settings
+from .config import auto_settings, left_off_on_error
 
 __all__ = ["OwnershipDramatiqInstrumentor"]
 
@@ -39,33 +39,34 @@ class OwnershipDramatiqInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         settings = auto_settings("ownership_ctx_dramatiq", kwargs)
         if settings is None:
             return
-        from dramatiq.broker import Broker
+        with left_off_on_error("ownership_ctx_dramatiq"):
+            from dramatiq.broker import Broker
 
-        from ..dramatiq import OwnershipMiddleware
+            from ..dramatiq import OwnershipMiddleware
 
-        original_init = Broker.__init__
-        original_add = Broker.add_middleware
+            original_init = Broker.__init__
+            original_add = Broker.add_middleware
 
-        def is_ours(middleware: Any) -> bool:
-            return isinstance(middleware, OwnershipMiddleware)
+            def is_ours(middleware: Any) -> bool:
+                return isinstance(middleware, OwnershipMiddleware)
 
-        def init_with_ownership(broker: Any, *args: Any, **init_kwargs: Any) -> None:
-            original_init(broker, *args, **init_kwargs)
-            if not any(is_ours(m) for m in broker.middleware):
-                middleware = OwnershipMiddleware(policy=settings.policy, keys=settings.keys)
-                setattr(middleware, _AUTO_ATTRIBUTE, True)
-                original_add(broker, middleware)
+            def init_with_ownership(broker: Any, *args: Any, **init_kwargs: Any) -> None:
+                original_init(broker, *args, **init_kwargs)
+                if not any(is_ours(m) for m in broker.middleware):
+                    middleware = OwnershipMiddleware(policy=settings.policy, keys=settings.keys)
+                    setattr(middleware, _AUTO_ATTRIBUTE, True)
+                    original_add(broker, middleware)
 
-        def add_middleware(broker: Any, middleware: Any, **add_kwargs: Any) -> None:
-            if is_ours(middleware) and not getattr(middleware, _AUTO_ATTRIBUTE, False):
-                broker.middleware = [
-                    m for m in broker.middleware if not getattr(m, _AUTO_ATTRIBUTE, False)
-                ]
-            original_add(broker, middleware, **add_kwargs)
+            def add_middleware(broker: Any, middleware: Any, **add_kwargs: Any) -> None:
+                if is_ours(middleware) and not getattr(middleware, _AUTO_ATTRIBUTE, False):
+                    broker.middleware = [
+                        m for m in broker.middleware if not getattr(m, _AUTO_ATTRIBUTE, False)
+                    ]
+                original_add(broker, middleware, **add_kwargs)
 
-        self._originals.update(init=original_init, add=original_add)
-        Broker.__init__ = init_with_ownership  # type: ignore[method-assign, assignment]
-        Broker.add_middleware = add_middleware  # type: ignore[method-assign, assignment]
+            self._originals.update(init=original_init, add=original_add)
+            Broker.__init__ = init_with_ownership  # type: ignore[method-assign, assignment]
+            Broker.add_middleware = add_middleware  # type: ignore[method-assign, assignment]
 
     def _uninstrument(self, **kwargs: Any) -> None:
         from dramatiq.broker import Broker

@@ -17,7 +17,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 
 from ..context import current
 from ..wsgi import OwnershipWSGIMiddleware
-from .config import AutoSettings, auto_settings
+from .config import AutoSettings, auto_settings, left_off_on_error
 
 __all__ = ["OwnershipFlaskInstrumentor"]
 
@@ -78,13 +78,16 @@ class OwnershipFlaskInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         settings = auto_settings("ownership_ctx_flask", kwargs)
         if settings is None:
             return
-        from flask import Flask
+        with left_off_on_error("ownership_ctx_flask"):
+            # flask.app's class: OpenTelemetry's Flask instrumentation may have replaced
+            # flask.Flask with a subclass by now.
+            from flask.app import Flask
 
-        cls._original = Flask.__dict__["__call__"]
-        Flask.__call__ = _call_with_ownership(cls._original, settings)  # type: ignore[method-assign]
+            cls._original = Flask.__dict__["__call__"]
+            Flask.__call__ = _call_with_ownership(cls._original, settings)  # type: ignore[method-assign]
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        from flask import Flask
+        from flask.app import Flask
 
         cls = type(self)
         if cls._original is not None:

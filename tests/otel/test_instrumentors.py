@@ -236,3 +236,25 @@ def test_dramatiq_broker_keeps_one_ownership_middleware(recorded: Recorded) -> N
         OwnershipDramatiqInstrumentor().uninstrument()
     assert sum(isinstance(m, DramatiqOwnership) for m in observed.middleware) == 1
     assert [m for m in own.middleware if isinstance(m, DramatiqOwnership)] == [mine]
+
+
+def test_celery_app_that_installs_the_hooks_itself_keeps_its_policy(recorded: Recorded) -> None:
+    from celery import Celery
+
+    from ownership_ctx import celery as celery_hooks
+    from ownership_ctx.otel import OwnershipCeleryInstrumentor
+
+    OwnershipCeleryInstrumentor().instrument()
+    try:
+        observed = Celery("observed", broker="memory://")
+        own = Celery("own", broker="memory://")
+        own_policy = Policy(mode="enforce")
+        celery_hooks.install(own, policy=own_policy)
+    finally:
+        OwnershipCeleryInstrumentor().uninstrument()
+    try:
+        assert celery_hooks._hooks[observed].gate.policy.mode == "quarantine"
+        assert celery_hooks._hooks[own].gate.policy is own_policy  # one set of hooks, its own
+    finally:
+        for app in (observed, own):
+            celery_hooks._hooks[app].uninstall()
