@@ -258,3 +258,28 @@ def test_celery_app_that_installs_the_hooks_itself_keeps_its_policy(recorded: Re
     finally:
         for app in (observed, own):
             celery_hooks._hooks[app].uninstall()
+
+
+@pytest.mark.parametrize("ours_first", [True, False], ids=["ours-first", "theirs-first"])
+def test_alongside_opentelemetrys_fastapi_instrumentation(
+    recorded: Recorded, ours_first: bool
+) -> None:
+    import fastapi
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    steps = [OwnershipASGIInstrumentor().instrument, FastAPIInstrumentor().instrument]
+    for instrument in steps if ours_first else reversed(steps):
+        instrument()
+    try:
+        app = fastapi.FastAPI()  # theirs replaces the class: look it up now
+
+        @app.get("/orders/{order_id}")
+        def order(order_id: int) -> dict[str, int]:
+            return {"order_id": order_id}
+
+        response = TestClient(app).get("/orders/5")
+    finally:
+        FastAPIInstrumentor().uninstrument()
+        OwnershipASGIInstrumentor().uninstrument()
+    assert (response.status_code, response.json()) == (200, {"order_id": 5})
+    assert recorded.kinds() == ["hop", "request"]
