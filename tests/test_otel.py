@@ -213,6 +213,8 @@ def test_opentelemetry_instrument_enables_our_instrumentors(tmp_path: Path) -> N
         "OTEL_LOGS_EXPORTER": "none",
         "OTEL_PYTHON_ID_GENERATOR": "ownership",
         "OWNERSHIP_CTX_MODE": "quarantine",
+        "OWNERSHIP_CTX_TRACE_HEADER": "x-trace-id",
+        "OWNERSHIP_CTX_SINK_URL": "memory://",
     }
     instrument = Path(sys.executable).parent / "opentelemetry-instrument"
     result = subprocess.run(
@@ -222,6 +224,7 @@ def test_opentelemetry_instrument_enables_our_instrumentors(tmp_path: Path) -> N
         env=env,
         timeout=120,
         check=False,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])
@@ -284,6 +287,7 @@ def test_opentelemetry_instrument_enables_queue_hooks(tmp_path: Path, app: str) 
         "OTEL_TRACES_EXPORTER": "none",
         "OTEL_METRICS_EXPORTER": "none",
         "OTEL_LOGS_EXPORTER": "none",
+        "OWNERSHIP_CTX_SINK_URL": "memory://",
     }
     instrument = Path(sys.executable).parent / "opentelemetry-instrument"
     result = subprocess.run(
