@@ -1,9 +1,10 @@
 """Keyed hashing of raw identifiers and HMAC signing of envelopes.
 
 Hashing is keyed (HMAC-SHA256) so that a dictionary of known customer ids cannot reverse a
-hashed tenant. Signing covers the canonical form of every ownership entry on the wire, so a
-worker or a receiving service can refuse an envelope that was forged or altered in transit.
-Both truncate the HMAC to 128 bits: ample against forgery and collisions, and short on the wire.
+hashed tenant. Signing covers an unambiguous canonical form of every ownership entry (see
+`signed_text`), so a worker or a receiving service can refuse an envelope that was forged or
+altered in transit. Both truncate the HMAC to 128 bits: ample against forgery and collisions,
+and short on the wire.
 """
 
 from __future__ import annotations
@@ -15,12 +16,16 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-__all__ = ["ConfigurationError", "Keys", "hash_identifier"]
+__all__ = ["SIGNATURE_VERSION", "ConfigurationError", "Keys", "hash_identifier", "signed_text"]
 
 HASH_KEY_ENV: Final = "OWNERSHIP_CTX_HASH_KEY"
 SIGNING_KEYS_ENV: Final = "OWNERSHIP_CTX_SIGNING_KEYS"
 MIN_KEY_BYTES: Final = 16
-_SIGNATURE_PREFIX: Final = "s1:"
+#: The signature format, written before the MAC (``s2:<32 hex>``). ``s1`` signed newline-joined
+#: ``key=value`` lines, which a value holding a newline could imitate: it is refused.
+SIGNATURE_VERSION: Final = "s2"
+_SIGNATURE_PREFIX: Final = SIGNATURE_VERSION + ":"
+_SIGNED_TEXT_HEADER: Final = b"ownership_ctx envelope signature s2\n"
 
 
 class ConfigurationError(RuntimeError):
@@ -33,9 +38,20 @@ def hash_identifier(raw: str, key: bytes) -> str:
     return "h1:" + digest[:32]
 
 
-def _canonical(entries: Mapping[str, str]) -> bytes:
-    # One entry a line, sorted by key: independent of wire order and of other baggage entries.
-    return "\n".join(f"{k}={entries[k]}" for k in sorted(entries)).encode("utf-8", "replace")
+def signed_text(entries: Mapping[str, str]) -> bytes:
+    """The bytes a signature covers: the entries sorted by key, each key and each value
+    prefixed by its length in bytes (``<n>:<bytes>``), after a header naming the format.
+
+    Length prefixes make the text unambiguous: no value, whatever it holds, can imitate an
+    entry boundary, so two different sets of entries never share a signed text. Sorted keys
+    make it independent of wire order and of other systems' baggage.
+    """
+    parts = [_SIGNED_TEXT_HEADER]
+    for key in sorted(entries):
+        raw_key = key.encode("utf-8", "surrogatepass")
+        raw_value = entries[key].encode("utf-8", "surrogatepass")
+        parts.append(b"%d:%s%d:%s" % (len(raw_key), raw_key, len(raw_value), raw_value))
+    return b"".join(parts)
 
 
 def _check_key(name: str, key: bytes) -> bytes:
@@ -118,13 +134,13 @@ def _mac_hex(keyed: Any, message: bytes) -> str:
 
 
 def _sign(keyed: Any, entries: Mapping[str, str]) -> str:
-    return _mac_hex(keyed, _canonical(entries))
+    return _mac_hex(keyed, signed_text(entries))
 
 
 def _verify(macs: Iterable[Any], entries: Mapping[str, str], signature: str) -> bool:
     if not signature.startswith(_SIGNATURE_PREFIX):
         return False
-    canonical = _canonical(entries)
+    canonical = signed_text(entries)
     expected = signature.encode("ascii", "replace")
     ok = False
     for keyed in macs:
