@@ -227,7 +227,7 @@ def _parse(text: str) -> Parsed:
     problems: list[Problem] = []
     members = text.split(",")
     if len(members) > MAX_BAGGAGE_ENTRIES:
-        if any(m.strip().startswith(PREFIX) for m in members[MAX_BAGGAGE_ENTRIES:]):
+        if any(m.strip(_OWS).startswith(PREFIX) for m in members[MAX_BAGGAGE_ENTRIES:]):
             problems.append(
                 Problem("too_many_entries", None, f"entries past the {MAX_BAGGAGE_ENTRIES}th")
             )
@@ -235,11 +235,11 @@ def _parse(text: str) -> Parsed:
 
     received: dict[str, str] = {}
     duplicated: set[str] = set()
-    for member in members:
-        member = member.strip(_OWS)
+    for raw in members:
+        member = raw.strip(_OWS)
         if not member.startswith(PREFIX):
             continue
-        if len(member) > MAX_ENTRY_BYTES:
+        if len(raw) > MAX_ENTRY_BYTES:  # with its whitespace: OpenTelemetry counts some
             problems.append(Problem("oversized", None, f"entry over {MAX_ENTRY_BYTES} bytes"))
             continue
         key, sep, value = member.partition("=")
