@@ -235,19 +235,21 @@ def _parse(text: str) -> Parsed:
 
     received: dict[str, str] = {}
     duplicated: set[str] = set()
+    signed = False  # a signature entry was there, readable or not
     for raw in members:
         member = raw.strip(_OWS)
         if not member.startswith(PREFIX):
             continue
+        key, sep, value = member.partition("=")
+        key = key.rstrip(_OWS)
+        name = key[len(PREFIX) :]
+        signed = signed or name.strip() == "sig"  # odd whitespace: still meant as one
         if len(raw) > MAX_ENTRY_BYTES:  # with its whitespace: OpenTelemetry counts some
             problems.append(Problem("oversized", None, f"entry over {MAX_ENTRY_BYTES} bytes"))
             continue
-        key, sep, value = member.partition("=")
-        key = key.rstrip(_OWS)
         if not sep:
             problems.append(Problem("malformed", None, "entry without '='"))
             continue
-        name = key[len(PREFIX) :]
         value, *properties = value.lstrip(_OWS).split(";")
         value = value.rstrip(_OWS)
         if (
@@ -278,6 +280,8 @@ def _parse(text: str) -> Parsed:
         return _EMPTY  # "ownership." only appeared inside someone else's value
 
     signature = received.pop("sig", None)
+    if signature is None and signed:
+        signature = ""  # there, but unreadable or duplicated: a signature that cannot verify
     version = received.pop("v", None)
     if version is not None and version != str(FORMAT_VERSION):
         problems.append(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import string
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -209,6 +210,27 @@ def test_a_malformed_signature_is_refused_not_ignored(signature: str) -> None:
         assert decoded is None and problems[-1].detail == "signature does not verify"
     else:
         assert decoded is None and problems[-1].code == "bad_signature"
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda text: text.replace("sig=s2:", 'sig="2:'),  # outside the W3C grammar
+        lambda text: text.replace("sig=s2:", "sig=s2:%C3%28"),  # undecodable
+        lambda text: text + "," + text.rsplit(",", 1)[1],  # the signature twice
+        lambda text: text + ",ownership.sig=" + "0" * 5000,  # a second one, oversized
+        lambda text: text.replace("sig=", "sig\x0b="),  # odd whitespace
+    ],
+    ids=["grammar", "encoding", "duplicate", "oversized", "whitespace"],
+)
+def test_an_unreadable_signature_is_refused_not_ignored(mangle: Any) -> None:
+    envelope = Envelope(trace_id=TRACE, owner_team="search")
+    text = mangle(encode_header(envelope, KEYS))
+    decoded, problems = decode_header(text, KEYS)
+    assert decoded is None and problems[-1].code == "bad_signature"
+    gate = Gate(Policy(mode="quarantine", trust="all"), KEYS)
+    with gate.enter({"baggage": text}, hop="http", unit="/") as entry:
+        assert entry.envelope is not None and entry.envelope.owner_team is None
 
 
 def test_a_percent_encoded_signature_verifies() -> None:
