@@ -45,7 +45,7 @@ from .envelope import (
     check_extra,
     check_field,
 )
-from .hashing import SIGNATURE_VERSION, Keys
+from .hashing import SIGNATURE_VERSION, Keys, signed_text_around, value_text
 
 __all__ = [
     "BAGGAGE_HEADER",
@@ -64,6 +64,7 @@ __all__ = [
     "new_trace_id",
     "parse",
     "signature_problem",
+    "verifies_volatile",
     "split_trace_id",
     "split_volatile",
     "trace_id_from_traceparent",
@@ -85,9 +86,12 @@ _OWS: Final = " \t"  # W3C optional whitespace: nothing else (no VT, FF, NBSP, N
 # The W3C baggage grammar, as OpenTelemetry's propagator checks it (opentelemetry.util.re).
 _W3C_KEY = r"[!#-'*+\-.0-9A-Z^-z|~]+"
 _W3C_VALUE = r"[!#-+\--:<-\[\]-~]*"
-_KEY = re.compile(_W3C_KEY)
-_VALUE = re.compile(_W3C_VALUE)
-_PROPERTY = re.compile(rf"[ \t]*{_W3C_KEY}[ \t]*(?:=[ \t]*{_W3C_VALUE}[ \t]*)?")
+_W3C_PROPERTY = rf"[ \t]*{_W3C_KEY}[ \t]*(?:=[ \t]*{_W3C_VALUE}[ \t]*)?"
+# One of our members, whitespace around it already stripped: (name, value); W3C properties,
+# when valid, carry nothing for us.
+_MEMBER = re.compile(
+    rf"ownership\.({_W3C_KEY[:-1]}*)[ \t]*=[ \t]*({_W3C_VALUE})[ \t]*(?:;{_W3C_PROPERTY})*"
+)
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
@@ -240,28 +244,16 @@ def _parse(text: str) -> Parsed:
         member = raw.strip(_OWS)
         if not member.startswith(PREFIX):
             continue
-        key, sep, value = member.partition("=")
-        key = key.rstrip(_OWS)
-        name = key[len(PREFIX) :]
-        signed = signed or name.strip() == "sig"  # odd whitespace: still meant as one
-        if len(raw) > MAX_ENTRY_BYTES:  # with its whitespace: OpenTelemetry counts some
-            problems.append(Problem("oversized", None, f"entry over {MAX_ENTRY_BYTES} bytes"))
+        # With its whitespace: OpenTelemetry counts some of it in an entry's length.
+        match = _MEMBER.fullmatch(member) if len(raw) <= MAX_ENTRY_BYTES else None
+        if match is None:
+            name = member.partition("=")[0].rstrip(_OWS)[len(PREFIX) :]
+            signed = signed or name.strip() == "sig"  # odd whitespace: still meant as one
+            problems.append(_unreadable(raw, member, name))
             continue
-        if not sep:
-            problems.append(Problem("malformed", None, "entry without '='"))
-            continue
-        value, *properties = value.lstrip(_OWS).split(";")
-        value = value.rstrip(_OWS)
-        if (
-            not member.isascii()
-            or _KEY.fullmatch(key) is None
-            or _VALUE.fullmatch(value) is None
-            or any(_PROPERTY.fullmatch(p) is None for p in properties)
-        ):
-            # Outside the W3C grammar (OpenTelemetry drops such a member too). W3C entry
-            # properties, when valid, carry nothing for us.
-            problems.append(Problem("malformed", _field_name(name), "not a W3C baggage member"))
-            continue
+        name, value = match.group(1, 2)
+        if name == "sig":
+            signed = True
         if "%" in value:
             try:
                 value = unquote(value, errors="strict")
@@ -325,6 +317,17 @@ def _parse(text: str) -> Parsed:
 
 
 _parse_cached = functools.lru_cache(maxsize=1024)(_parse)
+
+
+def _unreadable(raw: str, member: str, name: str) -> Problem:
+    """Why an ``ownership.*`` member did not match the W3C grammar."""
+    if len(raw) > MAX_ENTRY_BYTES:
+        return Problem("oversized", None, f"entry over {MAX_ENTRY_BYTES} bytes")
+    if "=" not in member:
+        return Problem("malformed", None, "entry without '='")
+    # Odd whitespace (VT, FF, NBSP, NEL, ...), characters outside the baggage octets, an
+    # invalid property: OpenTelemetry drops such a member too.
+    return Problem("malformed", _field_name(name), "not a W3C baggage member")
 
 
 def _field_name(key: str) -> str | None:
@@ -525,3 +528,28 @@ def signature_problem(
     ):
         return Problem("bad_signature", "sig", "signature does not verify")
     return None
+
+
+def verifies_volatile(rest: str, trace_id: str, signature: str, keys: Keys) -> bool:
+    """Whether ``signature`` vouches for the envelope of ``rest`` (a text `split_volatile` cut
+    ``trace_id`` and ``signature`` out of) with that trace id: `signature_problem` with the
+    part of the signed text that repeats across requests computed once per ``rest``."""
+    if _SIGNATURE_VALUE.fullmatch(signature) is None:
+        return False
+    around = _signed_around(rest)
+    if around is None:
+        return False
+    before, after = around
+    return keys.verify_signed_text(before + value_text(trace_id) + after, signature)
+
+
+@functools.lru_cache(maxsize=1024)
+def _signed_around(rest: str) -> tuple[bytes, bytes] | None:
+    parsed = parse(rest)
+    if parsed.problems or "trace_id" in parsed.fields:
+        return None  # a signed envelope must hold only valid entries, and one trace id
+    envelope = _assemble(_PLACEHOLDER_TRACE, parsed.fields, parsed.extras, parsed.attribution)
+    return signed_text_around(entries_of(envelope), "trace_id")
+
+
+_PLACEHOLDER_TRACE: Final = "0" * 31 + "1"  # replaced: only the entries around it are kept

@@ -30,6 +30,7 @@ from .codec import (
     signature_problem,
     split_volatile,
     trace_id_from_traceparent,
+    verifies_volatile,
 )
 from .context import _envelope
 from .envelope import (
@@ -335,7 +336,8 @@ class Gate:
     def _verifies(self, rest: str, trace_id: str | None, signature: str | None) -> bool:
         return (
             signature is not None
-            and signature_problem(parse(rest), signature, self.keys, trace_id) is None
+            and trace_id is not None
+            and verifies_volatile(rest, trace_id, signature, self.keys)
         )
 
     def _decide(

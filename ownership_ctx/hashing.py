@@ -16,7 +16,15 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-__all__ = ["SIGNATURE_VERSION", "ConfigurationError", "Keys", "hash_identifier", "signed_text"]
+__all__ = [
+    "SIGNATURE_VERSION",
+    "ConfigurationError",
+    "Keys",
+    "hash_identifier",
+    "signed_text",
+    "signed_text_around",
+    "value_text",
+]
 
 HASH_KEY_ENV: Final = "OWNERSHIP_CTX_HASH_KEY"
 SIGNING_KEYS_ENV: Final = "OWNERSHIP_CTX_SIGNING_KEYS"
@@ -46,12 +54,31 @@ def signed_text(entries: Mapping[str, str]) -> bytes:
     entry boundary, so two different sets of entries never share a signed text. Sorted keys
     make it independent of wire order and of other systems' baggage.
     """
-    parts = [_SIGNED_TEXT_HEADER]
-    for key in sorted(entries):
-        raw_key = key.encode("utf-8", "surrogatepass")
-        raw_value = entries[key].encode("utf-8", "surrogatepass")
-        parts.append(b"%d:%s%d:%s" % (len(raw_key), raw_key, len(raw_value), raw_value))
-    return b"".join(parts)
+    return b"".join([_SIGNED_TEXT_HEADER, *(_field(key, entries[key]) for key in sorted(entries))])
+
+
+def signed_text_around(entries: Mapping[str, str], key: str) -> tuple[bytes, bytes]:
+    """``(before, after)`` such that ``signed_text({**entries, key: value})`` is ``before +
+    value_text(value) + after`` for any value: the part of the signed text that does not
+    change when only ``key`` does (a trace id), computed once."""
+    others = {k: v for k, v in entries.items() if k != key}
+    before = [_SIGNED_TEXT_HEADER, *(_field(k, others[k]) for k in sorted(others) if k < key)]
+    after = [_field(k, others[k]) for k in sorted(others) if k > key]
+    return b"".join([*before, _length_prefixed(key)]), b"".join(after)
+
+
+def value_text(value: str) -> bytes:
+    """A value as the signed text holds it."""
+    return _length_prefixed(value)
+
+
+def _field(key: str, value: str) -> bytes:
+    return _length_prefixed(key) + _length_prefixed(value)
+
+
+def _length_prefixed(text: str) -> bytes:
+    raw = text.encode("utf-8", "surrogatepass")
+    return b"%d:%s" % (len(raw), raw)
 
 
 def _check_key(name: str, key: bytes) -> bytes:
@@ -123,8 +150,15 @@ class Keys:
         return _sign(self._macs[0], entries)
 
     def verify(self, entries: Mapping[str, str], signature: str) -> bool:
-        """Whether ``signature`` was made over ``entries`` by one of the signing keys."""
-        return _verify(self._macs, entries, signature)
+        """Whether ``signature`` was made over ``entries`` by one of the signing keys.
+
+        Only the current format (`SIGNATURE_VERSION`) verifies.
+        """
+        return _verify(self._macs, signed_text(entries), signature)
+
+    def verify_signed_text(self, text: bytes, signature: str) -> bool:
+        """`verify` for a signed text built beforehand (see `signed_text_around`)."""
+        return _verify(self._macs, text, signature)
 
 
 def _mac_hex(keyed: Any, message: bytes) -> str:
@@ -137,10 +171,9 @@ def _sign(keyed: Any, entries: Mapping[str, str]) -> str:
     return _mac_hex(keyed, signed_text(entries))
 
 
-def _verify(macs: Iterable[Any], entries: Mapping[str, str], signature: str) -> bool:
+def _verify(macs: Iterable[Any], canonical: bytes, signature: str) -> bool:
     if not signature.startswith(_SIGNATURE_PREFIX):
         return False
-    canonical = signed_text(entries)
     expected = signature.encode("ascii", "replace")
     ok = False
     for keyed in macs:

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from ownership_ctx import Envelope, Gate, Keys, Policy, decode, decode_header, encode_header
 from ownership_ctx.codec import PREFIX, entries_of, parse, signature_problem
 from ownership_ctx.envelope import ATTRIBUTIONS, FORMAT_VERSION
-from ownership_ctx.hashing import signed_text
+from ownership_ctx.hashing import signed_text, signed_text_around, value_text
 
 KEY = b"signature-test-key-0123456789"
 OLD_KEY = b"signature-test-old-key-0123456789"
@@ -334,3 +334,13 @@ def test_signed_text_reads_back_unambiguously(entries: dict[str, str]) -> None:
         out.append(rest[: int(length)].decode())
         rest = rest[int(length) :]
     assert dict(zip(out[::2], out[1::2], strict=True)) == entries
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(nasty, nasty, max_size=4), nasty, nasty)
+def test_the_signed_text_around_one_entry_is_the_signed_text(
+    entries: dict[str, str], key: str, value: str
+) -> None:
+    """The gate computes the part of the signed text around the trace id once per sender."""
+    before, after = signed_text_around(entries, key)
+    assert before + value_text(value) + after == signed_text({**entries, key: value})
