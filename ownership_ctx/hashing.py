@@ -54,7 +54,12 @@ def signed_text(entries: Mapping[str, str]) -> bytes:
     entry boundary, so two different sets of entries never share a signed text. Sorted keys
     make it independent of wire order and of other systems' baggage.
     """
-    return b"".join([_SIGNED_TEXT_HEADER, *(_field(key, entries[key]) for key in sorted(entries))])
+    parts = [_SIGNED_TEXT_HEADER]
+    for key in sorted(entries):
+        raw_key = key.encode("utf-8", "surrogatepass")
+        raw_value = entries[key].encode("utf-8", "surrogatepass")
+        parts.append(b"%d:%s%d:%s" % (len(raw_key), raw_key, len(raw_value), raw_value))
+    return b"".join(parts)
 
 
 def signed_text_around(entries: Mapping[str, str], key: str) -> tuple[bytes, bytes]:

@@ -518,7 +518,7 @@ def test_hostile_input_gets_the_policy_outcome(
         assert fields == expected
         assert envelope.attribution == attribution
         assert envelope.extras == ()
-        Envelope(**envelope._asdict())  # every rule holds
+        Envelope(**envelope.as_kwargs())  # every rule holds
         for name in ("tenant", "user"):
             value = getattr(envelope, name)
             assert value is None or re.fullmatch(r"h1:[0-9a-f]{32}", value)

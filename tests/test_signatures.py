@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ownership_ctx import Envelope, Gate, Keys, Policy, decode, decode_header, encode_header
-from ownership_ctx.codec import PREFIX, entries_of, parse, signature_problem
+from ownership_ctx.codec import PREFIX, _signed_entries, entries_of, parse, signature_problem
 from ownership_ctx.envelope import ATTRIBUTIONS, FORMAT_VERSION
 from ownership_ctx.hashing import signed_text, signed_text_around, value_text
 
@@ -344,3 +344,9 @@ def test_the_signed_text_around_one_entry_is_the_signed_text(
     """The gate computes the part of the signed text around the trace id once per sender."""
     before, after = signed_text_around(entries, key)
     assert before + value_text(value) + after == signed_text({**entries, key: value})
+
+
+@settings(max_examples=300, deadline=None)
+@given(envelopes)
+def test_a_receiver_signs_over_the_entries_the_sender_signed(envelope: Envelope) -> None:
+    assert _signed_entries(parse(encode_header(envelope))) == entries_of(envelope)
