@@ -54,12 +54,10 @@ def signed_text(entries: Mapping[str, str]) -> bytes:
     entry boundary, so two different sets of entries never share a signed text. Sorted keys
     make it independent of wire order and of other systems' baggage.
     """
-    parts = [_SIGNED_TEXT_HEADER]
-    for key in sorted(entries):
-        raw_key = key.encode("utf-8", "surrogatepass")
-        raw_value = entries[key].encode("utf-8", "surrogatepass")
-        parts.append(b"%d:%s%d:%s" % (len(raw_key), raw_key, len(raw_value), raw_value))
-    return b"".join(parts)
+    text = "".join([f"{len(k)}:{k}{len(v)}:{v}" for k, v in sorted(entries.items())])
+    if text.isascii():  # then characters are bytes: the common case, in one step
+        return _SIGNED_TEXT_HEADER + text.encode("ascii")
+    return b"".join([_SIGNED_TEXT_HEADER, *(_field(k, v) for k, v in sorted(entries.items()))])
 
 
 def signed_text_around(entries: Mapping[str, str], key: str) -> tuple[bytes, bytes]:
