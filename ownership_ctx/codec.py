@@ -64,10 +64,10 @@ __all__ = [
     "new_trace_id",
     "parse",
     "signature_problem",
-    "verifies_volatile",
     "split_trace_id",
     "split_volatile",
     "trace_id_from_traceparent",
+    "verifies_volatile",
 ]
 
 PREFIX: Final = "ownership."

@@ -448,12 +448,23 @@ def _pad_just_over(env: Envelope, other: str) -> str:
     return text + "p" * (MAX_BAGGAGE_BYTES + 1 + len(other) % 40 - len(text))
 
 
+def _folded(env: Envelope, other: str) -> str:
+    """The last entry folded into the value of the one before it (the s1 folding attack)."""
+    body, signature = encode_header(env, KEYS_A).rsplit(",ownership.sig=", 1)
+    head, last = body.rsplit(",ownership.", 1)
+    key, value = last.split("=", 1)
+    return f"{head}%0A{key}%3D{value},ownership.sig={signature}"
+
+
 #: How a request's baggage is made from (its envelope, another trace id). Most are hostile.
 RECIPES: dict[str, Callable[[Envelope, str], str]] = {
     "plain": _plain,
     "signed": lambda env, other: encode_header(env, KEYS_A),
     "signed_ows": lambda env, other: encode_header(env, KEYS_A).replace("sig=", "sig =", 1),
     "wrong_key": lambda env, other: encode_header(env, KEYS_B),
+    "folded": _folded,
+    "old_format": lambda env, other: encode_header(env, KEYS_A).replace("sig=s2:", "sig=s1:"),
+    "signed_odd_space": lambda env, other: encode_header(env, KEYS_A).replace("=", "\xa0=", 1),
     "tampered": lambda env, other: encode_header(env, KEYS_A).replace(
         "ownership.v=1", "ownership.v=1,ownership.owner_team=forged"
     ),
