@@ -209,7 +209,7 @@ class Envelope:
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not Envelope:
             return NotImplemented
-        return self._arguments() == other._arguments()
+        return self is other or self._arguments() == other._arguments()
 
     def __hash__(self) -> int:
         # Envelopes key the encoder's cache: hash once, not on every outbound call.
@@ -296,6 +296,9 @@ class _Draft:
     _hash: int | None
 
 
+_new = object.__new__
+
+
 def _build(
     trace_id: str,
     owner_team: str | None,
@@ -306,7 +309,7 @@ def _build(
     extras: tuple[tuple[str, str], ...],
     attribution: Attribution,
 ) -> Envelope:
-    draft = object.__new__(_Draft)
+    draft = _new(_Draft)
     draft.trace_id = trace_id
     draft.owner_team = owner_team
     draft.workflow_id = workflow_id
