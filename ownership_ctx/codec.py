@@ -7,21 +7,32 @@ On HTTP the envelope travels as W3C ``baggage`` entries under one namespace::
 Other systems' entries are kept as they are; ours replace any earlier ``ownership.*`` entries.
 Queue messages carry the same text (ownership entries only) in one header, `QUEUE_HEADER`.
 
-Parsing never raises: it returns what it could read plus a list of `Problem`. The W3C limits
-are the ones OpenTelemetry enforces (a header over 8192 bytes is dropped whole, entries over
-4096 bytes or past the 180th are skipped), so that what we accept, OpenTelemetry accepts too.
+Parsing never raises: it returns what it could read plus a list of `Problem`. It follows the
+W3C baggage grammar (optional whitespace is only space and tab; a member with an invalid
+property is invalid) and the limits OpenTelemetry enforces (a header over 8192 bytes is dropped
+whole, entries over 4096 bytes or past the 180th are skipped), so that what OpenTelemetry
+rejects, we reject too.
+
+Writing, ours always fit: when the merged header would pass 8192 bytes or 180 members, whole
+foreign members are dropped (never a partial one), each drop counted in `events.stats` and
+logged once per reason.
+
+A signed envelope is believed only when every one of its ownership entries is valid: the
+signature covers the envelope's canonical form (`hashing.signed_text`), never the raw text.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import re
 from collections.abc import Mapping, MutableMapping
 from typing import Final
 from urllib.parse import unquote
 
+from . import events
 from .envelope import (
     ATTRIBUTIONS,
     FIELDS,
@@ -34,7 +45,7 @@ from .envelope import (
     check_extra,
     check_field,
 )
-from .hashing import Keys
+from .hashing import SIGNATURE_VERSION, Keys, signed_text_around, value_text
 
 __all__ = [
     "BAGGAGE_HEADER",
@@ -49,11 +60,14 @@ __all__ = [
     "decode_header",
     "encode",
     "encode_header",
+    "merge_baggage",
     "new_trace_id",
     "parse",
+    "signature_problem",
     "split_trace_id",
     "split_volatile",
     "trace_id_from_traceparent",
+    "verifies_volatile",
 ]
 
 PREFIX: Final = "ownership."
@@ -65,7 +79,19 @@ MAX_BAGGAGE_BYTES: Final = 8192
 MAX_BAGGAGE_ENTRIES: Final = 180
 MAX_ENTRY_BYTES: Final = 4096
 
+logger = logging.getLogger("ownership_ctx")
+
 _FIELD_SET: Final = frozenset(FIELDS)
+_OWS: Final = " \t"  # W3C optional whitespace: nothing else (no VT, FF, NBSP, NEL, ...)
+# The W3C baggage grammar, as OpenTelemetry's propagator checks it (opentelemetry.util.re).
+_W3C_KEY = r"[!#-'*+\-.0-9A-Z^-z|~]+"
+_W3C_VALUE = r"[!#-+\--:<-\[\]-~]*"
+_W3C_PROPERTY = rf"[ \t]*{_W3C_KEY}[ \t]*(?:=[ \t]*{_W3C_VALUE}[ \t]*)?"
+# One of our members, whitespace around it already stripped: (name, value); W3C properties,
+# when valid, carry nothing for us.
+_MEMBER = re.compile(
+    rf"ownership\.({_W3C_KEY[:-1]}*)[ \t]*=[ \t]*({_W3C_VALUE})[ \t]*(?:;{_W3C_PROPERTY})*"
+)
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
@@ -75,13 +101,12 @@ _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f
 class Parsed:
     """What one carrier text said about ownership. Shared from a cache: do not mutate.
 
-    ``entries`` holds every ownership entry as received (prefix removed, signature excluded):
-    the signature is checked against exactly these. ``fields`` holds the entries that passed
-    the field rules, by envelope field name.
+    ``fields`` holds the entries that passed the field rules, by envelope field name;
+    ``problems`` says what else was there. A signature is checked (`signature_problem`) only
+    when there are no problems: it covers the envelope these fields make, nothing else.
     """
 
     present: bool = False
-    entries: tuple[tuple[str, str], ...] = ()
     fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
     extras: tuple[tuple[str, str], ...] = ()
     attribution: Attribution = "attributed"
@@ -121,7 +146,7 @@ def trace_id_from_traceparent(value: str | None) -> str | None:
 
 _TRACE_ENTRY: Final = PREFIX + "trace_id="
 _SIGNATURE_ENTRY: Final = PREFIX + "sig="
-_SIGNATURE_VALUE = re.compile(r"s1:[0-9a-f]{32}")
+_SIGNATURE_VALUE = re.compile(SIGNATURE_VERSION + r":[0-9a-f]{32}")
 _TRACE_KEY: Final = PREFIX + "trace_id"
 _SIGNATURE_KEY: Final = PREFIX + "sig"
 # A version entry other than a plain ``v=1``: the parser then drops the whole envelope.
@@ -206,7 +231,7 @@ def _parse(text: str) -> Parsed:
     problems: list[Problem] = []
     members = text.split(",")
     if len(members) > MAX_BAGGAGE_ENTRIES:
-        if any(m.strip().startswith(PREFIX) for m in members[MAX_BAGGAGE_ENTRIES:]):
+        if any(m.strip(_OWS).startswith(PREFIX) for m in members[MAX_BAGGAGE_ENTRIES:]):
             problems.append(
                 Problem("too_many_entries", None, f"entries past the {MAX_BAGGAGE_ENTRIES}th")
             )
@@ -214,30 +239,32 @@ def _parse(text: str) -> Parsed:
 
     received: dict[str, str] = {}
     duplicated: set[str] = set()
-    for member in members:
-        member = member.strip()
+    signed = False  # a signature entry was there, readable or not
+    for raw in members:
+        member = raw.strip(_OWS)
         if not member.startswith(PREFIX):
             continue
-        if len(member) > MAX_ENTRY_BYTES:
-            problems.append(Problem("oversized", None, f"entry over {MAX_ENTRY_BYTES} bytes"))
+        # With its whitespace: OpenTelemetry counts some of it in an entry's length.
+        match = _MEMBER.fullmatch(member) if len(raw) <= MAX_ENTRY_BYTES else None
+        if match is None:
+            name = member.partition("=")[0].rstrip(_OWS)[len(PREFIX) :]
+            signed = signed or name.strip() == "sig"  # odd whitespace: still meant as one
+            problems.append(_unreadable(raw, member, name))
             continue
-        key, sep, value = member.partition("=")
-        key = key.strip()[len(PREFIX) :]
-        value = value.split(";", 1)[0].strip()  # W3C entry properties carry nothing for us
-        if not sep:
-            problems.append(Problem("malformed", None, "entry without '='"))
-            continue
+        name, value = match.group(1, 2)
+        if name == "sig":
+            signed = True
         if "%" in value:
             try:
                 value = unquote(value, errors="strict")
             except UnicodeDecodeError:
-                problems.append(Problem("malformed", _field_name(key), "invalid percent-encoding"))
+                problems.append(Problem("malformed", _field_name(name), "invalid percent-encoding"))
                 continue
-        if key in received or key in duplicated:
-            duplicated.add(key)
-            received.pop(key, None)
+        if name in received or name in duplicated:
+            duplicated.add(name)
+            received.pop(name, None)
             continue
-        received[key] = value
+        received[name] = value
     for key in sorted(duplicated):
         # Two values for one field: either could be the smuggled one, so neither is used.
         problems.append(Problem("duplicate", _field_name(key), "entry appears more than once"))
@@ -245,13 +272,14 @@ def _parse(text: str) -> Parsed:
         return _EMPTY  # "ownership." only appeared inside someone else's value
 
     signature = received.pop("sig", None)
-    entries = tuple(sorted(received.items()))
+    if signature is None and signed:
+        signature = ""  # there, but unreadable or duplicated: a signature that cannot verify
     version = received.pop("v", None)
     if version is not None and version != str(FORMAT_VERSION):
         problems.append(
             Problem("unsupported_version", "version", f"only format version {FORMAT_VERSION}")
         )
-        return Parsed(present=True, entries=entries, signature=signature, problems=tuple(problems))
+        return Parsed(present=True, signature=signature, problems=tuple(problems))
 
     fields: dict[str, str] = {}
     extras: list[tuple[str, str]] = []
@@ -280,7 +308,6 @@ def _parse(text: str) -> Parsed:
             problems.append(Problem("unknown_entry", None, "not an ownership entry", "ignored"))
     return Parsed(
         present=True,
-        entries=entries,
         fields=fields,
         extras=tuple(sorted(extras)),
         attribution=attribution,
@@ -290,6 +317,17 @@ def _parse(text: str) -> Parsed:
 
 
 _parse_cached = functools.lru_cache(maxsize=1024)(_parse)
+
+
+def _unreadable(raw: str, member: str, name: str) -> Problem:
+    """Why an ``ownership.*`` member did not match the W3C grammar."""
+    if len(raw) > MAX_ENTRY_BYTES:
+        return Problem("oversized", None, f"entry over {MAX_ENTRY_BYTES} bytes")
+    if "=" not in member:
+        return Problem("malformed", None, "entry without '='")
+    # Odd whitespace (VT, FF, NBSP, NEL, ...), characters outside the baggage octets, an
+    # invalid property: OpenTelemetry drops such a member too.
+    return Problem("malformed", _field_name(name), "not a W3C baggage member")
 
 
 def _field_name(key: str) -> str | None:
@@ -344,26 +382,86 @@ def decode_header(
 def encode(
     envelope: Envelope, carrier: MutableMapping[str, str], keys: Keys | None = None
 ) -> tuple[Problem, ...]:
-    """Write the envelope into ``carrier["baggage"]``, keeping every foreign entry.
+    """Write the envelope into ``carrier["baggage"]``, keeping foreign entries that fit.
 
-    When the foreign entries leave no room within the W3C limits, the carrier is left as it
-    was (other systems' data is never destroyed) and the problem is returned.
+    Ours always go in; see `merge_baggage` for what happens when the header would not fit
+    within the W3C limits. Returns one ``"ignored"`` problem per reason members were dropped.
     """
     ours = encode_header(envelope, keys)
     existing = carrier.get(BAGGAGE_HEADER)
     if not existing:
         carrier[BAGGAGE_HEADER] = ours
         return ()
-    foreign = [m for m in existing.split(",") if m.strip() and not m.strip().startswith(PREFIX)]
+    carrier[BAGGAGE_HEADER], problems = merge_baggage(existing, ours)
+    return problems
+
+
+def merge_baggage(existing: str, ours: str) -> tuple[str, tuple[Problem, ...]]:
+    """``existing`` baggage with its ``ownership.*`` members replaced by ``ours``.
+
+    Ownership is the contract: when the merged header would pass 180 members or 8192 bytes,
+    ours stay and whole foreign members are dropped (never a partial one, never altered),
+    keeping the earliest ones that fit, as a W3C receiver would. Each drop is counted in
+    `events.stats` (``foreign_baggage_dropped_members`` / ``_bytes``) and logged once per
+    reason per process, without the members' content.
+    """
+    foreign = [m for m in existing.split(",") if _is_foreign(m)]
     merged = ",".join([*foreign, ours])
-    count = len(foreign) + ours.count(",") + 1
-    if (
-        count > MAX_BAGGAGE_ENTRIES
-        or len(merged.encode("utf-8", "surrogatepass")) > MAX_BAGGAGE_BYTES
-    ):
-        return (Problem("baggage_full", None, "no room within the W3C baggage limits"),)
-    carrier[BAGGAGE_HEADER] = merged
-    return ()
+    ours_count = ours.count(",") + 1
+    if len(foreign) + ours_count <= MAX_BAGGAGE_ENTRIES and _size(merged) <= MAX_BAGGAGE_BYTES:
+        return merged, ()
+    room_members = MAX_BAGGAGE_ENTRIES - ours_count
+    room_bytes = MAX_BAGGAGE_BYTES - _size(ours)
+    kept: list[str] = []
+    dropped = {"members": 0, "bytes": 0}
+    for member in foreign:
+        size = _size(member) + 1  # and its comma
+        if len(kept) >= room_members:
+            dropped["members"] += 1
+        elif size > room_bytes:
+            dropped["bytes"] += 1
+        else:
+            kept.append(member)
+            room_bytes -= size
+    kept.append(ours)
+    return ",".join(kept), tuple(_dropped(reason, n) for reason, n in dropped.items() if n)
+
+
+def _is_foreign(member: str) -> bool:
+    stripped = member.strip(_OWS)
+    return bool(stripped) and not stripped.startswith(PREFIX)
+
+
+def _size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+_LIMITS: Final = {
+    "members": f"{MAX_BAGGAGE_ENTRIES} members",
+    "bytes": f"{MAX_BAGGAGE_BYTES} bytes",
+}
+_warned_drops: set[str] = set()
+
+
+def _dropped(reason: str, n: int) -> Problem:
+    counter = f"foreign_baggage_dropped_{reason}"
+    events.count(counter, n)
+    if reason not in _warned_drops:
+        _warned_drops.add(reason)
+        logger.warning(
+            "ownership_ctx: outgoing baggage would exceed %s; dropped %d whole foreign "
+            "member(s) to keep the ownership entries (counted in events.stats[%r]; "
+            "logged once)",
+            _LIMITS[reason],
+            n,
+            counter,
+        )
+    return Problem(
+        "foreign_baggage_dropped",
+        None,
+        f"foreign members dropped to stay within {_LIMITS[reason]}",
+        "ignored",
+    )
 
 
 def decode(
@@ -385,14 +483,79 @@ def _to_envelope(
         return None, parsed.problems
     problems = parsed.problems
     signature = parsed.signature
-    if (
-        signature is not None
-        and keys is not None
-        and keys.signing_keys
-        and not keys.verify(dict(parsed.entries), signature)
-    ):
-        return None, (*problems, Problem("bad_signature", "sig", "signature does not verify"))
+    if signature is not None and keys is not None and keys.signing_keys:
+        problem = signature_problem(parsed, signature, keys)
+        if problem is not None:
+            return None, (*problems, problem)
     trace_id = parsed.fields.get("trace_id", fallback_trace_id)
     if trace_id is None:
         return None, (*problems, Problem("missing", "trace_id", "no trace id in the carrier"))
     return _assemble(trace_id, parsed.fields, parsed.extras, parsed.attribution), problems
+
+
+_OLD_SIGNATURE = re.compile(r"s1:[0-9a-f]{32}")
+
+
+def signature_problem(
+    parsed: Parsed, signature: str, keys: Keys, trace_id: str | None = None
+) -> Problem | None:
+    """Why ``signature`` does not vouch for the envelope ``parsed`` describes; ``None`` when it
+    does, under one of ``keys``' signing keys.
+
+    The envelope's entries are checked against their grammar first: a signed envelope with any
+    malformed, unknown, duplicated or invalid ownership entry is refused whole. Then the
+    signature is checked over the canonical form of the envelope those entries make.
+    ``trace_id``: the envelope's own trace id, when it was cut out of the text beforehand
+    (`split_volatile`).
+    """
+    if _SIGNATURE_VALUE.fullmatch(signature) is None:
+        if _OLD_SIGNATURE.fullmatch(signature) is not None:
+            return Problem(
+                "bad_signature",
+                "sig",
+                "signature format s1 is refused (it could be forged by folding entries); "
+                f"the sender must upgrade to sign {SIGNATURE_VERSION}",
+            )
+        return Problem("bad_signature", "sig", f"not a {SIGNATURE_VERSION} signature")
+    if parsed.problems:
+        return Problem(
+            "bad_signature", "sig", "a signed envelope must hold only valid ownership entries"
+        )
+    entries = _signed_entries(parsed)
+    if trace_id is not None:
+        entries.setdefault("trace_id", trace_id)
+    if "trace_id" not in entries or not keys.verify(entries, signature):
+        return Problem("bad_signature", "sig", "signature does not verify")
+    return None
+
+
+def _signed_entries(parsed: Parsed) -> dict[str, str]:
+    """What `entries_of` gives for the envelope ``parsed`` makes (checked by a test), without
+    building it: the version, the fields, a non-default attribution, the extras."""
+    entries = {"v": str(FORMAT_VERSION), **parsed.fields}
+    if parsed.attribution != "attributed":
+        entries["attribution"] = parsed.attribution
+    for key, value in parsed.extras:
+        entries["x." + key] = value
+    return entries
+
+
+def verifies_volatile(rest: str, trace_id: str, signature: str, keys: Keys) -> bool:
+    """Whether ``signature`` vouches for the envelope of ``rest`` (a text `split_volatile` cut
+    ``trace_id`` and ``signature`` out of) with that trace id: `signature_problem` with the
+    part of the signed text that repeats across requests computed once per ``rest``."""
+    if _SIGNATURE_VALUE.fullmatch(signature) is None:
+        return False
+    around = _signed_around(rest)
+    if around is None:
+        return False
+    before, after = around
+    return keys.verify_signed_text(before + value_text(trace_id) + after, signature)
+
+
+@functools.lru_cache(maxsize=1024)
+def _signed_around(rest: str) -> tuple[bytes, bytes] | None:
+    parsed = parse(rest)
+    if parsed.problems or "trace_id" in parsed.fields:
+        return None  # a signed envelope must hold only valid entries, and one trace id
+    return signed_text_around(_signed_entries(parsed), "trace_id")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Final, Literal, cast, final
 
 __all__ = [
     "ATTRIBUTIONS",
@@ -110,7 +110,25 @@ def check_extra(key: str, value: str) -> Problem | None:
     return None
 
 
-class _EnvelopeFields(NamedTuple):
+_ARGUMENTS: Final = (*FIELDS, "extras", "attribution", "version")
+_SLOTS: Final = (*_ARGUMENTS, "_hash")
+
+
+@final
+class Envelope:
+    """Who owns a unit of work. Immutable: `replace` makes a changed copy.
+
+    ``tenant`` and ``user`` hold keyed hashes only (see `ownership_ctx.hashing`); raw customer
+    or user ids never enter an envelope. ``extras`` holds operator-declared extra fields as
+    sorted ``(key, value)`` pairs; pass a mapping and it is normalized. Building one checks
+    every rule and raises `InvalidEnvelope` listing what is wrong, and so does every way to
+    copy one (`replace`, `copy`, `pickle`): an `Envelope` that exists is valid.
+
+    A slotted class rather than a tuple: a tuple's own constructors (``_make``, ``_replace``,
+    ``tuple.__new__``) would build one without the checks.
+    """
+
+    __slots__ = _SLOTS
     trace_id: str
     owner_team: str | None
     workflow_id: str | None
@@ -120,21 +138,7 @@ class _EnvelopeFields(NamedTuple):
     extras: tuple[tuple[str, str], ...]
     attribution: Attribution
     version: int
-
-
-class Envelope(_EnvelopeFields):
-    """Who owns a unit of work. Immutable: `replace` makes a changed copy.
-
-    ``tenant`` and ``user`` hold keyed hashes only (see `ownership_ctx.hashing`); raw customer
-    or user ids never enter an envelope. ``extras`` holds operator-declared extra fields as
-    sorted ``(key, value)`` pairs; pass a mapping and it is normalized. Building one checks
-    every rule and raises `InvalidEnvelope` listing what is wrong.
-
-    (A tuple underneath: an envelope is built on every request, and a tuple is the cheapest
-    immutable, slotted value Python can build.)
-    """
-
-    __slots__ = ()
+    _hash: int | None
 
     def __new__(
         cls,
@@ -148,8 +152,13 @@ class Envelope(_EnvelopeFields):
         attribution: Attribution = "attributed",
         version: int = FORMAT_VERSION,
     ) -> Envelope:
-        items = extras.items() if isinstance(extras, Mapping) else extras
-        pairs = tuple(sorted((str(k), str(v)) for k, v in items))
+        try:
+            items = extras.items() if isinstance(extras, Mapping) else extras
+            pairs = tuple(sorted((str(k), str(v)) for k, v in items))
+        except (TypeError, ValueError):
+            raise InvalidEnvelope(
+                [Problem("invalid", "extra", "extras are (key, value) pairs or a mapping")]
+            ) from None
         values = (trace_id, owner_team, workflow_id, feature, tenant, user)
         problems = []
         for name, value in zip(FIELDS, values, strict=True):
@@ -167,17 +176,80 @@ class Envelope(_EnvelopeFields):
             problem = check_extra(key, value)
             if problem is not None:
                 problems.append(problem)
+        if len({key for key, _ in pairs}) != len(pairs):
+            problems.append(Problem("invalid", "extra", "each extra key at most once"))
         if attribution not in ATTRIBUTIONS:
             problems.append(Problem("invalid", "attribution", f"must be one of {ATTRIBUTIONS}"))
-        if version != FORMAT_VERSION:
+        if version != FORMAT_VERSION or type(version) is not int:
             problems.append(Problem("unsupported_version", "version", f"must be {FORMAT_VERSION}"))
         if problems:
             raise InvalidEnvelope(problems)
-        return tuple.__new__(cls, (*values, pairs, attribution, version))
+        return _build(trace_id, owner_team, workflow_id, feature, tenant, user, pairs, attribution)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A subclass could override the checks (or add a constructor without them).
+        raise TypeError("Envelope cannot be subclassed")
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}: use replace()")
+
+    def __delattr__(self, name: str) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __reduce__(self) -> tuple[type[Envelope], tuple[Any, ...]]:
+        # pickle and copy rebuild through the checked constructor.
+        return (Envelope, self._arguments())
+
+    def __copy__(self) -> Envelope:
+        return self  # immutable
+
+    def __deepcopy__(self, memo: Any) -> Envelope:
+        return self  # immutable, and every part of it is immutable too
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not Envelope:
+            return NotImplemented
+        return self is other or self._arguments() == other._arguments()
+
+    def __hash__(self) -> int:
+        # Envelopes key the encoder's cache: hash once, not on every outbound call.
+        cached = self._hash
+        if cached is None:
+            cached = hash(self._arguments())
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in self.as_kwargs().items())
+        return f"Envelope({shown})"
+
+    def _arguments(self) -> tuple[Any, ...]:
+        return (
+            self.trace_id,
+            self.owner_team,
+            self.workflow_id,
+            self.feature,
+            self.tenant,
+            self.user,
+            self.extras,
+            self.attribution,
+            self.version,
+        )
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The constructor's arguments: ``Envelope(**e.as_kwargs()) == e``."""
+        return dict(zip(_ARGUMENTS, self._arguments(), strict=True))
 
     def replace(self, **changes: Any) -> Envelope:
         """A copy with some fields changed (validated like a new envelope)."""
-        return Envelope(**{**self._asdict(), **changes})
+        return Envelope(**{**self.as_kwargs(), **changes})
+
+    # The NamedTuple spellings, for code written when Envelope was one; both are checked.
+    _replace = replace
+    _asdict = as_kwargs
+
+    def __replace__(self, **changes: Any) -> Envelope:  # copy.replace (Python 3.13+)
+        return self.replace(**changes)
 
     def missing(self, required: Iterable[str]) -> tuple[str, ...]:
         """The names in ``required`` that this envelope has no value for."""
@@ -203,6 +275,70 @@ class Envelope(_EnvelopeFields):
         return out
 
 
+class _Draft:
+    """An `Envelope` under construction: the same slots, writable.
+
+    Filling a draft and then turning it into an `Envelope` (``__class__`` assignment, allowed
+    between classes of the same slot layout) is the cheapest way to build a frozen instance,
+    cheaper than a tuple; envelopes are built on every request.
+    """
+
+    __slots__ = _SLOTS
+    trace_id: str
+    owner_team: str | None
+    workflow_id: str | None
+    feature: str | None
+    tenant: str | None
+    user: str | None
+    extras: tuple[tuple[str, str], ...]
+    attribution: Attribution
+    version: int
+    _hash: int | None
+
+
+_new = object.__new__
+
+
+def _build(
+    trace_id: str,
+    owner_team: str | None,
+    workflow_id: str | None,
+    feature: str | None,
+    tenant: str | None,
+    user: str | None,
+    extras: tuple[tuple[str, str], ...],
+    attribution: Attribution,
+) -> Envelope:
+    draft = _new(_Draft)
+    draft.trace_id = trace_id
+    draft.owner_team = owner_team
+    draft.workflow_id = workflow_id
+    draft.feature = feature
+    draft.tenant = tenant
+    draft.user = user
+    draft.extras = extras
+    draft.attribution = attribution
+    draft.version = FORMAT_VERSION
+    draft._hash = None
+    draft.__class__ = Envelope  # type: ignore[assignment]
+    return cast(Envelope, draft)
+
+
+def _with_trace_id(template: Envelope, trace_id: str) -> Envelope:
+    """``template`` with another trace id, which the caller has already checked (the gate's
+    per-request copy of a cached decision)."""
+    return _build(
+        trace_id,
+        template.owner_team,
+        template.workflow_id,
+        template.feature,
+        template.tenant,
+        template.user,
+        template.extras,
+        template.attribution,
+    )
+
+
 def _assemble(
     trace_id: str,
     fields: Mapping[str, str],
@@ -212,19 +348,16 @@ def _assemble(
     """Build an envelope from values the caller has already checked (the gate, the codec).
 
     Skips the checks of `Envelope.__new__`, which cost more than the rest of a request's path.
+    Only the core calls it, with values that passed `check_field` / `check_extra`.
     """
     get = fields.get
-    return tuple.__new__(
-        Envelope,
-        (
-            trace_id,
-            get("owner_team"),
-            get("workflow_id"),
-            get("feature"),
-            get("tenant"),
-            get("user"),
-            extras,
-            attribution,
-            FORMAT_VERSION,
-        ),
+    return _build(
+        trace_id,
+        get("owner_team"),
+        get("workflow_id"),
+        get("feature"),
+        get("tenant"),
+        get("user"),
+        extras,
+        attribution,
     )

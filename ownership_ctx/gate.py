@@ -22,23 +22,26 @@ from .codec import (
     BAGGAGE_HEADER,
     QUEUE_HEADER,
     TRACEPARENT_HEADER,
+    Parsed,
     encode,
     encode_header,
     new_trace_id,
     parse,
+    signature_problem,
     split_volatile,
     trace_id_from_traceparent,
+    verifies_volatile,
 )
 from .context import _envelope
 from .envelope import (
     ATTRIBUTIONS,
-    FIELDS,
     HASHED_FIELDS,
     OWNERSHIP_FIELDS,
     Attribution,
     Envelope,
     Problem,
     _assemble,
+    _with_trace_id,
     check_field,
 )
 from .hashing import Keys
@@ -115,11 +118,6 @@ def _mint_trace_id() -> str:
         if trace_id is not None and check_field("trace_id", trace_id) is None:
             return trace_id
     return new_trace_id()
-
-
-def _with_trace_id(template: Envelope, trace_id: str) -> Envelope:
-    # The cheapest way to copy an immutable envelope with one field changed.
-    return tuple.__new__(Envelope, (trace_id, *template[1:]))
 
 
 class _Decision(NamedTuple):
@@ -336,9 +334,11 @@ class Gate:
         return entry
 
     def _verifies(self, rest: str, trace_id: str | None, signature: str | None) -> bool:
-        entries = dict(parse(rest).entries)
-        entries["trace_id"] = trace_id or ""
-        return signature is not None and self.keys.verify(entries, signature)
+        return (
+            signature is not None
+            and trace_id is not None
+            and verifies_volatile(rest, trace_id, signature, self.keys)
+        )
 
     def _decide(
         self,
@@ -368,7 +368,7 @@ class Gate:
             if verified and policy.trust != "none":
                 trusted, problem = True, None
             else:
-                trusted, problem = self._trust(parsed.entries, parsed.signature)
+                trusted, problem = self._trust(parsed)
             if problem is not None:
                 problems.append(problem)
             if trusted:
@@ -438,18 +438,16 @@ class Gate:
         carrier[header] = encode_header(envelope, self.keys)
         return envelope, ()
 
-    def _trust(
-        self, entries: tuple[tuple[str, str], ...], signature: str | None
-    ) -> tuple[bool, Problem | None]:
+    def _trust(self, parsed: Parsed) -> tuple[bool, Problem | None]:
         trust = self.policy.trust
         if trust == "none":
             return False, Problem(
                 "untrusted", None, "incoming envelopes are not used here", "ignored"
             )
+        signature = parsed.signature
         if signature is not None and self.keys.signing_keys:
-            if not self.keys.verify(dict(entries), signature):
-                return False, Problem("bad_signature", "sig", "signature does not verify")
-            return True, None
+            problem = signature_problem(parsed, signature, self.keys)
+            return problem is None, problem
         if trust == "signed":
             return False, Problem(
                 "unsigned", None, "only signed envelopes are trusted here", "ignored"
@@ -547,11 +545,8 @@ def _hop_event(entry: Entry) -> dict[str, Any]:
         "trace_id": entry.trace_id,
         "missing": list(entry.missing),
         "fields_present": [
-            n for n in OWNERSHIP_FIELDS if envelope is not None and envelope[_INDEX[n]]
+            n for n in OWNERSHIP_FIELDS if envelope is not None and getattr(envelope, n)
         ],
         "problems": [f"{p.field or '-'}:{p.code}" for p in entry.problems],
         **(envelope.as_dict() if envelope is not None else {}),
     }
-
-
-_INDEX: Final = {name: index for index, name in enumerate(FIELDS)}

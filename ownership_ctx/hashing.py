@@ -1,9 +1,10 @@
 """Keyed hashing of raw identifiers and HMAC signing of envelopes.
 
 Hashing is keyed (HMAC-SHA256) so that a dictionary of known customer ids cannot reverse a
-hashed tenant. Signing covers the canonical form of every ownership entry on the wire, so a
-worker or a receiving service can refuse an envelope that was forged or altered in transit.
-Both truncate the HMAC to 128 bits: ample against forgery and collisions, and short on the wire.
+hashed tenant. Signing covers an unambiguous canonical form of every ownership entry (see
+`signed_text`), so a worker or a receiving service can refuse an envelope that was forged or
+altered in transit. Both truncate the HMAC to 128 bits: ample against forgery and collisions,
+and short on the wire.
 """
 
 from __future__ import annotations
@@ -15,12 +16,24 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-__all__ = ["ConfigurationError", "Keys", "hash_identifier"]
+__all__ = [
+    "SIGNATURE_VERSION",
+    "ConfigurationError",
+    "Keys",
+    "hash_identifier",
+    "signed_text",
+    "signed_text_around",
+    "value_text",
+]
 
 HASH_KEY_ENV: Final = "OWNERSHIP_CTX_HASH_KEY"
 SIGNING_KEYS_ENV: Final = "OWNERSHIP_CTX_SIGNING_KEYS"
 MIN_KEY_BYTES: Final = 16
-_SIGNATURE_PREFIX: Final = "s1:"
+#: The signature format, written before the MAC (``s2:<32 hex>``). ``s1`` signed newline-joined
+#: ``key=value`` lines, which a value holding a newline could imitate: it is refused.
+SIGNATURE_VERSION: Final = "s2"
+_SIGNATURE_PREFIX: Final = SIGNATURE_VERSION + ":"
+_SIGNED_TEXT_HEADER: Final = b"ownership_ctx envelope signature s2\n"
 
 
 class ConfigurationError(RuntimeError):
@@ -33,9 +46,42 @@ def hash_identifier(raw: str, key: bytes) -> str:
     return "h1:" + digest[:32]
 
 
-def _canonical(entries: Mapping[str, str]) -> bytes:
-    # One entry a line, sorted by key: independent of wire order and of other baggage entries.
-    return "\n".join(f"{k}={entries[k]}" for k in sorted(entries)).encode("utf-8", "replace")
+def signed_text(entries: Mapping[str, str]) -> bytes:
+    """The bytes a signature covers: the entries sorted by key, each key and each value
+    prefixed by its length in bytes (``<n>:<bytes>``), after a header naming the format.
+
+    Length prefixes make the text unambiguous: no value, whatever it holds, can imitate an
+    entry boundary, so two different sets of entries never share a signed text. Sorted keys
+    make it independent of wire order and of other systems' baggage.
+    """
+    text = "".join([f"{len(k)}:{k}{len(v)}:{v}" for k, v in sorted(entries.items())])
+    if text.isascii():  # then characters are bytes: the common case, in one step
+        return _SIGNED_TEXT_HEADER + text.encode("ascii")
+    return b"".join([_SIGNED_TEXT_HEADER, *(_field(k, v) for k, v in sorted(entries.items()))])
+
+
+def signed_text_around(entries: Mapping[str, str], key: str) -> tuple[bytes, bytes]:
+    """``(before, after)`` such that ``signed_text({**entries, key: value})`` is ``before +
+    value_text(value) + after`` for any value: the part of the signed text that does not
+    change when only ``key`` does (a trace id), computed once."""
+    others = {k: v for k, v in entries.items() if k != key}
+    before = [_SIGNED_TEXT_HEADER, *(_field(k, others[k]) for k in sorted(others) if k < key)]
+    after = [_field(k, others[k]) for k in sorted(others) if k > key]
+    return b"".join([*before, _length_prefixed(key)]), b"".join(after)
+
+
+def value_text(value: str) -> bytes:
+    """A value as the signed text holds it."""
+    return _length_prefixed(value)
+
+
+def _field(key: str, value: str) -> bytes:
+    return _length_prefixed(key) + _length_prefixed(value)
+
+
+def _length_prefixed(text: str) -> bytes:
+    raw = text.encode("utf-8", "surrogatepass")
+    return b"%d:%s" % (len(raw), raw)
 
 
 def _check_key(name: str, key: bytes) -> bytes:
@@ -107,8 +153,15 @@ class Keys:
         return _sign(self._macs[0], entries)
 
     def verify(self, entries: Mapping[str, str], signature: str) -> bool:
-        """Whether ``signature`` was made over ``entries`` by one of the signing keys."""
-        return _verify(self._macs, entries, signature)
+        """Whether ``signature`` was made over ``entries`` by one of the signing keys.
+
+        Only the current format (`SIGNATURE_VERSION`) verifies.
+        """
+        return _verify(self._macs, signed_text(entries), signature)
+
+    def verify_signed_text(self, text: bytes, signature: str) -> bool:
+        """`verify` for a signed text built beforehand (see `signed_text_around`)."""
+        return _verify(self._macs, text, signature)
 
 
 def _mac_hex(keyed: Any, message: bytes) -> str:
@@ -118,13 +171,12 @@ def _mac_hex(keyed: Any, message: bytes) -> str:
 
 
 def _sign(keyed: Any, entries: Mapping[str, str]) -> str:
-    return _mac_hex(keyed, _canonical(entries))
+    return _mac_hex(keyed, signed_text(entries))
 
 
-def _verify(macs: Iterable[Any], entries: Mapping[str, str], signature: str) -> bool:
+def _verify(macs: Iterable[Any], canonical: bytes, signature: str) -> bool:
     if not signature.startswith(_SIGNATURE_PREFIX):
         return False
-    canonical = _canonical(entries)
     expected = signature.encode("ascii", "replace")
     ok = False
     for keyed in macs:

@@ -21,7 +21,7 @@ from opentelemetry import baggage as otel_baggage
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 
-from ownership_ctx import EdgeHeaders, Envelope, Gate, Keys, Policy, decode, decode_header
+from ownership_ctx import EdgeHeaders, Envelope, Gate, Keys, Policy, decode, decode_header, events
 from ownership_ctx.codec import (
     MAX_BAGGAGE_BYTES,
     MAX_BAGGAGE_ENTRIES,
@@ -35,6 +35,7 @@ from ownership_ctx.envelope import ATTRIBUTIONS, FIELDS, FORMAT_VERSION
 from ownership_ctx.gate import Entry
 
 HASH_KEY = b"property-hash-key-0123456789"
+TRACE_ONE = "0" * 31 + "1"
 KEY_A = b"property-signing-key-A-0123456789"
 KEY_B = b"property-signing-key-B-0123456789"
 KEY_C = b"property-signing-key-C-0123456789"
@@ -117,7 +118,7 @@ def revalidated(envelope: Envelope | None) -> None:
     """An envelope that exists must satisfy every field rule: rebuilding it must not raise."""
     if envelope is not None:
         assert isinstance(envelope, Envelope)
-        assert Envelope(**envelope._asdict()) == envelope
+        assert Envelope(**envelope.as_kwargs()) == envelope
 
 
 def within_w3c_limits(text: str) -> None:
@@ -203,16 +204,39 @@ def test_encoded_output_never_exceeds_the_w3c_limits(
         len(merged.split(",")) <= MAX_BAGGAGE_ENTRIES and len(merged.encode()) <= MAX_BAGGAGE_BYTES
     )
 
+    before = dict(events.stats)
     problems = encode(envelope, carrier, keys)
 
+    within_w3c_limits(carrier["baggage"])
+    assert decode(carrier, keys) == (envelope, ())  # ours always go in, whole
     if fits:
         assert problems == ()
         assert carrier["baggage"] == merged
-        within_w3c_limits(carrier["baggage"])
-        assert decode(carrier, keys) == (envelope, ())
-    else:
-        assert [(p.code, p.field) for p in problems] == [("baggage_full", None)]
-        assert carrier == ({"baggage": existing} if existing else {})  # nothing destroyed
+        return
+    # Whole foreign members dropped, the others kept unaltered and in order ...
+    assert carrier["baggage"].endswith("," + ours) or carrier["baggage"] == ours
+    kept = carrier["baggage"].split(",")[: -len(ours.split(","))]
+    remaining = iter(foreign)
+    assert all(member in remaining for member in kept)  # an ordered sub-list of foreign
+    dropped = list(foreign)
+    for member in kept:
+        dropped.remove(member)
+    assert dropped
+    # ... and no more than needed: adding back any dropped member would break a limit.
+    for member in dropped:
+        grown = ",".join([*kept, member, ours])
+        assert (
+            len(grown.split(",")) > MAX_BAGGAGE_ENTRIES or len(grown.encode()) > MAX_BAGGAGE_BYTES
+        )
+    # Each drop counted, under the limit that caused it.
+    counted = {
+        name: events.stats[name] - before.get(name, 0)
+        for name in ("foreign_baggage_dropped_members", "foreign_baggage_dropped_bytes")
+    }
+    assert sum(counted.values()) == len(dropped)
+    assert {p.code for p in problems} == {"foreign_baggage_dropped"}
+    assert len(problems) == sum(1 for n in counted.values() if n)
+    assert all(p.severity == "ignored" for p in problems)
 
 
 # -- decoding hostile text never raises -------------------------------------------------------
@@ -236,6 +260,7 @@ FRAGMENTS = [
     "ownership.x.cost_center=cc-1",
     "ownership.x.Bad=1",
     "ownership.sig=s1:" + "0" * 32,
+    "ownership.sig=s2:" + "0" * 32,
     "ownership.",
     "ownership.=",
     "ownership.owner_team",
@@ -318,15 +343,20 @@ def test_any_single_character_change_to_a_signed_envelope_is_caught(
         if decoded is None:
             assert problems[-1].code == "bad_signature" and problems[-1].field == "sig"
             continue
-        # Only a change that makes the signature itself unreadable (its key, or its value's
-        # percent-encoding) lets the envelope through, as an unsigned one; a gate that trusts
-        # only signed envelopes ignores it.
-        assert member.startswith(SIG_KEY) and (position < len(SIG_KEY) or char == "%")
+        if not (member.startswith(SIG_KEY) and position < len(SIG_KEY)):
+            # The change did not alter the envelope: it hid the version entry, which only
+            # restates the default. The signature covers the envelope, not the text.
+            assert member == "ownership.v=1" and decoded == envelope
+            continue
+        # Else only a change to the signature's key lets the envelope through, as an unsigned
+        # one; a gate that trusts only signed envelopes ignores it.
         header = QUEUE_HEADER if QUEUE_HEADER in carrier else "baggage"
         gate = Gate(Policy(mode="quarantine", trust="signed"), KEYS_A)
         with gate.enter(carrier, hop="worker", unit="t", header=header) as entry:
             assert entry.envelope is not None and entry.outcome == "quarantined"
-            assert entry.envelope[1:6] == (None,) * 5 and entry.envelope.extras == ()
+            assert entry.envelope.replace(trace_id=TRACE_ONE) == Envelope(
+                TRACE_ONE, attribution="quarantined"
+            )
 
 
 @FAST
@@ -418,12 +448,23 @@ def _pad_just_over(env: Envelope, other: str) -> str:
     return text + "p" * (MAX_BAGGAGE_BYTES + 1 + len(other) % 40 - len(text))
 
 
+def _folded(env: Envelope, other: str) -> str:
+    """The last entry folded into the value of the one before it (the s1 folding attack)."""
+    body, signature = encode_header(env, KEYS_A).rsplit(",ownership.sig=", 1)
+    head, last = body.rsplit(",ownership.", 1)
+    key, value = last.split("=", 1)
+    return f"{head}%0A{key}%3D{value},ownership.sig={signature}"
+
+
 #: How a request's baggage is made from (its envelope, another trace id). Most are hostile.
 RECIPES: dict[str, Callable[[Envelope, str], str]] = {
     "plain": _plain,
     "signed": lambda env, other: encode_header(env, KEYS_A),
     "signed_ows": lambda env, other: encode_header(env, KEYS_A).replace("sig=", "sig =", 1),
     "wrong_key": lambda env, other: encode_header(env, KEYS_B),
+    "folded": _folded,
+    "old_format": lambda env, other: encode_header(env, KEYS_A).replace("sig=s2:", "sig=s1:"),
+    "signed_odd_space": lambda env, other: encode_header(env, KEYS_A).replace("=", "\xa0=", 1),
     "tampered": lambda env, other: encode_header(env, KEYS_A).replace(
         "ownership.v=1", "ownership.v=1,ownership.owner_team=forged"
     ),
@@ -529,7 +570,7 @@ def summary(entry: Entry) -> tuple[Any, ...]:
     revalidated(envelope)
     if envelope is not None:
         assert envelope.trace_id == entry.trace_id
-    rest = None if envelope is None else envelope[1:]
+    rest = None if envelope is None else envelope.replace(trace_id=TRACE_ONE)
     return (entry.outcome, entry.missing, entry.problems, rest, entry.hop, entry.unit)
 
 

@@ -356,7 +356,7 @@ def test_inject_writes_current_or_an_unattributed_envelope() -> None:
         envelope, problems = gate.inject(carrier)
     assert envelope == full() and problems == ()
     assert carrier["baggage"].startswith("sentry-environment=prod,ownership.v=1,")
-    assert "stale" not in carrier["baggage"] and ",ownership.sig=s1:" in carrier["baggage"]
+    assert "stale" not in carrier["baggage"] and ",ownership.sig=s2:" in carrier["baggage"]
 
 
 def test_hop_events_reach_the_sink(event_sink: object) -> None:

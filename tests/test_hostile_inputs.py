@@ -105,7 +105,8 @@ FORGED_ENVELOPE = GOOD.replace(owner_team=FORGED)
 
 def _signature_cases(trust: str) -> list[Case]:
     tampered = encode_header(GOOD, KEYS).replace("owner_team=search", f"owner_team={FORGED}")
-    made_up = encode_header(FORGED_ENVELOPE) + ",ownership.sig=s1:" + "0" * 32
+    made_up = encode_header(FORGED_ENVELOPE) + ",ownership.sig=s2:" + "0" * 32
+    old_format = encode_header(FORGED_ENVELOPE) + ",ownership.sig=s1:" + "0" * 32
     return [
         Case(
             f"forged_signature_{trust}",
@@ -123,6 +124,13 @@ def _signature_cases(trust: str) -> list[Case]:
         ),
         Case(
             f"made_up_signature_{trust}", (bag(made_up),), (FORGED,), trust=trust, **BAD_SIGNATURE
+        ),
+        Case(
+            f"old_format_signature_{trust}",
+            (bag(old_format),),
+            (FORGED,),
+            trust=trust,
+            **BAD_SIGNATURE,
         ),
         Case(
             f"validly_signed_{trust}", (bag(encode_header(GOOD, KEYS)),), trace=TRACE, trust=trust
@@ -232,7 +240,7 @@ CASES = [
         (bag(without("owner_team") + f",ownership.owner_team=zz\r\nSet-Cookie: {PWN}"),),
         (PWN,),
         missing=("owner_team",),
-        invalid=(("owner_team", "invalid"),),
+        invalid=(("owner_team", "malformed"),),
         kept=kept("owner_team"),
         trace=TRACE,
     ),
@@ -241,7 +249,7 @@ CASES = [
         (bag(without("owner_team") + f",ownership.owner_team=a\0{PWN}"),),
         (PWN,),
         missing=("owner_team",),
-        invalid=(("owner_team", "invalid"),),
+        invalid=(("owner_team", "malformed"),),
         kept=kept("owner_team"),
         trace=TRACE,
     ),
@@ -267,7 +275,7 @@ CASES = [
         (bag(without("owner_team").encode() + b",ownership.owner_team=zz\xff\xfe" + PWN.encode()),),
         (PWN, "zz\xff\xfe"),
         missing=("owner_team",),
-        invalid=(("owner_team", "invalid"),),
+        invalid=(("owner_team", "malformed"),),
         kept=kept("owner_team"),
         trace=TRACE,
     ),
@@ -276,7 +284,7 @@ CASES = [
         (bag(without("feature").encode() + ",ownership.feature=équipe-zzutf".encode()),),
         ("zzutf",),
         missing=("feature",),
-        invalid=(("feature", "invalid"),),
+        invalid=(("feature", "malformed"),),
         kept=kept("feature"),
         trace=TRACE,
     ),
@@ -510,7 +518,7 @@ def test_hostile_input_gets_the_policy_outcome(
         assert fields == expected
         assert envelope.attribution == attribution
         assert envelope.extras == ()
-        Envelope(**envelope._asdict())  # every rule holds
+        Envelope(**envelope.as_kwargs())  # every rule holds
         for name in ("tenant", "user"):
             value = getattr(envelope, name)
             assert value is None or re.fullmatch(r"h1:[0-9a-f]{32}", value)

@@ -129,7 +129,7 @@ def test_b_sees_the_envelope_and_trace_id_of_a(
     assert response.status_code == 200, response.text
     assert response.json()["envelope"] == EXPECTED
     baggage = response.json()["baggage"]
-    assert ",ownership.sig=s1:" in baggage  # signed: B trusts signed envelopes only
+    assert ",ownership.sig=s2:" in baggage  # signed: B trusts signed envelopes only
     if client == "httpx-async":  # the caller's own baggage survives next to ours
         assert baggage.startswith("sentry-environment=prod,ownership.v=1,")
 
