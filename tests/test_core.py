@@ -28,6 +28,8 @@ HASH_KEY = b"test-hash-key-0123456789"
 SIGN_KEY = b"test-signing-key-0123456789"
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 KEYS = Keys(hash_key=HASH_KEY, signing_keys=(SIGN_KEY,))
+# For tests of unsigned envelopes: with signing keys, those are not believed by default.
+HASH_ONLY = Keys(hash_key=HASH_KEY)
 
 
 def full(**changes: object) -> Envelope:
@@ -205,15 +207,15 @@ def enter(gate: Gate, carrier: dict[str, str], **kwargs: object) -> tuple[str, E
 
 def test_modes_decide_missing_fields() -> None:
     partial = {"baggage": f"ownership.trace_id={TRACE},ownership.owner_team=search"}
-    enforce = Gate(Policy(mode="enforce"), KEYS)
+    enforce = Gate(Policy(mode="enforce"), HASH_ONLY)
     assert enter(enforce, partial) == ("rejected", None)
 
-    outcome, envelope = enter(Gate(Policy(mode="quarantine"), KEYS), partial)
+    outcome, envelope = enter(Gate(Policy(mode="quarantine"), HASH_ONLY), partial)
     assert outcome == "quarantined"
     assert envelope == Envelope(trace_id=TRACE, owner_team="search", attribution="quarantined")
 
     defaults = {"workflow_id": "unknown", "feature": "unknown", "owner_team": "platform"}
-    outcome, envelope = enter(Gate(Policy(mode="stamp", defaults=defaults), KEYS), partial)
+    outcome, envelope = enter(Gate(Policy(mode="stamp", defaults=defaults), HASH_ONLY), partial)
     assert envelope == Envelope(
         trace_id=TRACE,
         owner_team="search",  # what was sent wins over the default
@@ -226,19 +228,19 @@ def test_modes_decide_missing_fields() -> None:
 def test_a_complete_envelope_passes_unchanged() -> None:
     carrier = {"baggage": encode_header(full())}
     for mode in ("enforce", "quarantine", "stamp"):
-        assert enter(Gate(Policy(mode=mode), KEYS), carrier) == ("attributed", full())  # type: ignore[arg-type]
+        assert enter(Gate(Policy(mode=mode), HASH_ONLY), carrier) == ("attributed", full())  # type: ignore[arg-type]
 
 
 def test_upstream_marking_is_kept_downstream() -> None:
     quarantined = full(attribution="quarantined")
     outcome, envelope = enter(
-        Gate(Policy(), KEYS), {QUEUE_HEADER: encode_header(quarantined)}, header=QUEUE_HEADER
+        Gate(Policy(), HASH_ONLY), {QUEUE_HEADER: encode_header(quarantined)}, header=QUEUE_HEADER
     )
     assert (outcome, envelope) == ("quarantined", quarantined)
 
 
 def test_trace_id_comes_from_the_envelope_then_traceparent_then_is_minted() -> None:
-    gate = Gate(Policy(mode="quarantine", required=()), KEYS)
+    gate = Gate(Policy(mode="quarantine", required=()), HASH_ONLY)
     other = new_trace_id()
     traceparent = f"00-{other}-00f067aa0ba902b7-01"
     _, with_both = enter(gate, {"baggage": encode_header(full()), "traceparent": traceparent})
@@ -250,7 +252,7 @@ def test_trace_id_comes_from_the_envelope_then_traceparent_then_is_minted() -> N
 
 
 def test_cached_decisions_never_share_trace_ids() -> None:
-    gate = Gate(Policy(), KEYS)
+    gate = Gate(Policy(), HASH_ONLY)
     base = encode_header(full())
     seen = set()
     for _ in range(20):
@@ -309,7 +311,7 @@ def test_a_failing_resolver_degrades_and_is_counted(caplog: pytest.LogCaptureFix
         raise RuntimeError("bug in host code")
 
     before = events.stats["resolver_errors"]
-    gate = Gate(Policy(mode="quarantine", resolver=resolver), KEYS)
+    gate = Gate(Policy(mode="quarantine", resolver=resolver), HASH_ONLY)
     outcome, envelope = enter(gate, {"baggage": encode_header(full())})
     assert (outcome, envelope) == ("attributed", full())
     assert events.stats["resolver_errors"] == before + 1
@@ -319,7 +321,7 @@ def test_edge_headers_hash_raw_ids_and_refuse_them_in_baggage(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     policy = Policy(edge_headers=EdgeHeaders(tenant="x-tenant-id", user="x-user-id"))
-    gate = Gate(policy, KEYS)
+    gate = Gate(policy, HASH_ONLY)
     carrier = {
         "x-owner-team": "search",
         "x-workflow-id": "ticket-triage",
@@ -339,7 +341,7 @@ def test_edge_headers_hash_raw_ids_and_refuse_them_in_baggage(
 
 def test_extras_only_when_declared() -> None:
     text = encode_header(full(extras={"cost_center": "cc-9", "secret": "x"}))
-    _, envelope = enter(Gate(Policy(extra_keys=("cost_center",)), KEYS), {"baggage": text})
+    _, envelope = enter(Gate(Policy(extra_keys=("cost_center",)), HASH_ONLY), {"baggage": text})
     assert envelope == full(extras={"cost_center": "cc-9"})
 
 
@@ -360,7 +362,7 @@ def test_inject_writes_current_or_an_unattributed_envelope() -> None:
 
 
 def test_hop_events_reach_the_sink(event_sink: object) -> None:
-    gate = Gate(Policy(mode="quarantine"), KEYS)
+    gate = Gate(Policy(mode="quarantine"), HASH_ONLY)
     enter(gate, {"baggage": encode_header(full())}, unit="/a")
     enter(gate, {}, unit="/b")
     events = event_sink.events  # type: ignore[attr-defined]
