@@ -114,10 +114,11 @@ class OwnershipMiddleware:
             # startup instead makes the server exit with the message.
             self.gate = None
             self.configuration_error = error
-            self._wanted: frozenset[bytes] | None = frozenset()
+            self._wanted: dict[bytes, str] | None = {}
             return
         names = self.gate.edge_carrier_names
-        self._wanted = None if names is None else frozenset(n.encode("latin-1") for n in names)
+        # The headers the gate reads, by their raw name: nothing is decoded for the others.
+        self._wanted = None if names is None else {n.encode("latin-1"): n for n in names}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope_type = scope["type"]
@@ -140,8 +141,8 @@ class OwnershipMiddleware:
         carrier: dict[str, str] = {}
         wanted = self._wanted
         for name, value in scope["headers"]:
-            if wanted is None or name in wanted:
-                key = name.decode("latin-1")
+            key = name.decode("latin-1") if wanted is None else wanted.get(name)
+            if key is not None:
                 text = value.decode("latin-1")
                 # Repeated headers join with commas, as HTTP defines: repeated baggage
                 # merges, a repeated first-party header becomes an invalid value.
@@ -157,7 +158,7 @@ class OwnershipMiddleware:
             name=redact_path(path) if unit_of is None else _named(unit_of, scope, path),
         )
         scope[SCOPE_KEY] = entry
-        started = time.perf_counter()
+        started = time.perf_counter() if events._sink is not None else 0.0
         responder = _Responder(send, self._trace_header, entry.trace_id)
         try:
             if entry.envelope is None:
@@ -172,11 +173,12 @@ class OwnershipMiddleware:
             entry.close()
             if events._sink is not None:
                 route = route_template(scope) if unit_of is None else _named(unit_of, scope, path)
+                elapsed = time.perf_counter() - started if started else 0.0
                 events.emit(
                     entry.request_event(
                         scope.get("method", "WEBSOCKET"),
                         responder.status,
-                        (time.perf_counter() - started) * 1000,
+                        elapsed * 1000,
                         route=route,
                     )
                 )
@@ -244,7 +246,9 @@ class _Responder:
         self._trace = None if header is None else (header, trace_id.encode("ascii"))
         self.status: int | None = None
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> Awaitable[None]:
+        # Not a coroutine itself: it hands back the server's awaitable, one frame less per
+        # message (ASGI asks only that send(...) be awaitable).
         if self.status is None:
             kind = message["type"]
             if kind in _STATUS_OF:
@@ -252,7 +256,7 @@ class _Responder:
                 if kind in _STARTS and self._trace is not None:
                     # A new list: the app may reuse its own (Starlette's Response.raw_headers).
                     message["headers"] = [*message.get("headers", ()), self._trace]
-        await self._send(message)
+        return self._send(message)
 
     async def server_error(self, scope: Scope) -> None:
         """Answer 500 for an application that raised before responding. Starlette's error

@@ -349,7 +349,8 @@ class Gate:
             if trace_id is None:
                 trace_id = _mint_trace_id()
         template = decision.template
-        envelope = None if template is None else _with_trace_id(template, trace_id)
+        # The cheapest way to copy an immutable envelope with one field changed.
+        envelope = None if template is None else tuple.__new__(Envelope, (trace_id, *template[1:]))
         entry = Entry(envelope, decision, trace_id, hop, name)
         if _enter_hook is not None:
             _run_enter_hook(entry)
