@@ -23,7 +23,11 @@ from .hashing import Keys
 from .policy import Policy
 from .units import redact_path
 
-__all__ = ["OwnershipWSGIMiddleware", "UnitOf"]
+__all__ = ["ENVIRON_KEY", "OwnershipWSGIMiddleware", "UnitOf"]
+
+#: The environ key under which the admitted `Entry` of a request is kept: an inner
+#: OwnershipWSGIMiddleware (a mounted app with its own) reuses it instead of minting again.
+ENVIRON_KEY = "ownership_ctx.entry"
 
 Environ = dict[str, Any]
 #: Names a unit from its WSGI environ (the operator's choice over route templates / redaction).
@@ -76,6 +80,10 @@ class OwnershipWSGIMiddleware:
         self._trace_header = trace_header
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if ENVIRON_KEY in environ:
+            # An outer OwnershipWSGIMiddleware admitted this request and runs us in its
+            # context: one envelope, one trace id.
+            return self.app(environ, start_response)
         # PEP 3333: header values are latin-1 native strings, as in ASGI after decoding.
         if self._all_headers:  # a resolver may look at any header (an API key, a JWT)
             carrier = {
@@ -97,6 +105,7 @@ class OwnershipWSGIMiddleware:
             native=environ,
             name=redact_path(path) if unit_of is None else _named(unit_of, environ, path),
         )
+        environ[ENVIRON_KEY] = entry
         trace = [(self._trace_header, entry.trace_id)] if self._trace_header else []
         recorder = (
             _Recorder(entry, environ, unit_of, path) if events.get_sink() is not None else None

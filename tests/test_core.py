@@ -18,6 +18,7 @@ from ownership_ctx import (
     Rule,
     current,
     encode_header,
+    events,
     hash_identifier,
     new_trace_id,
 )
@@ -371,3 +372,69 @@ def test_hop_events_reach_the_sink(event_sink: object) -> None:
         ("/b", "quarantined", ["owner_team", "workflow_id", "feature"]),
     ]
     assert events[0]["owner_team"] == "search" and events[0]["trace_id"] == TRACE
+
+
+# --- unsigned envelopes where signing keys are configured (issue 11, item 4) -----------------
+
+
+def test_with_signing_keys_unsigned_envelopes_are_believed_only_when_the_policy_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="ownership_ctx")
+    carrier = {"baggage": encode_header(full())}
+    gate = Gate(Policy(mode="quarantine"), KEYS)
+    entry = gate.enter(carrier, hop="http", unit="/")
+    entry.close()
+    assert entry.outcome == "quarantined" and entry.trace_id != TRACE
+    assert [(p.code, p.severity) for p in entry.problems] == [("unsigned", "ignored")]
+    assert "unsigned" in caplog.text  # the operator is told why
+    # The migration setting, and no keys at all: believed.
+    for policy, keys in ((Policy(accept_unsigned=True), KEYS), (Policy(), HASH_ONLY)):
+        assert enter(Gate(policy, keys), carrier) == ("attributed", full())
+    # Signed: believed either way.
+    assert enter(Gate(Policy(), KEYS), {"baggage": encode_header(full(), KEYS)}) == (
+        "attributed",
+        full(),
+    )
+
+
+def test_accept_unsigned_from_the_environment() -> None:
+    assert Policy.from_env({"OWNERSHIP_CTX_ACCEPT_UNSIGNED": "1"}).accept_unsigned
+    assert not Policy.from_env({"OWNERSHIP_CTX_ACCEPT_UNSIGNED": "false"}).accept_unsigned
+    assert not Policy.from_env({}).accept_unsigned
+    with pytest.raises(ValueError, match="OWNERSHIP_CTX_ACCEPT_UNSIGNED"):
+        Policy.from_env({"OWNERSHIP_CTX_ACCEPT_UNSIGNED": "maybe"})
+
+
+def test_a_callers_envelope_replaces_the_bound_one_only_if_it_verifies() -> None:
+    gate = Gate(Policy(), KEYS)
+    other = full(owner_team="other-team")
+    assert gate.keeps_callers(encode_header(other, KEYS), hop="q", unit="t")
+    before = events.stats["q_caller_envelope_refused"]
+    for value in (
+        encode_header(other),  # unsigned
+        encode_header(other, Keys(signing_keys=(b"some-other-signing-key",))),
+        "garbage",
+        "ownership.v=1,ownership.owner_team=a b",
+        12345,
+    ):
+        assert not gate.keeps_callers(value, hop="q", unit="t")
+    assert events.stats["q_caller_envelope_refused"] - before == 5
+    assert Gate(Policy(accept_unsigned=True), KEYS).keeps_callers(
+        encode_header(other), hop="q", unit="t"
+    )
+    assert not Gate(Policy(trust="none"), HASH_ONLY).keeps_callers(
+        encode_header(other), hop="q", unit="t"
+    )
+
+
+# --- stamp mode and invalid input (issue 11, item 9) ------------------------------------------
+
+
+def test_stamp_mode_marks_invalid_input_with_nothing_missing() -> None:
+    defaults = {"owner_team": "platform", "workflow_id": "batch", "feature": "default"}
+    gate = Gate(Policy(mode="stamp", defaults=defaults), HASH_ONLY)
+    baggage = encode_header(full(user=None)) + ",ownership.user=not-a-hash"
+    outcome, envelope = enter(gate, {"baggage": baggage})
+    assert outcome == "quarantined"
+    assert envelope is not None and envelope.owner_team == "search" and envelope.user is None
