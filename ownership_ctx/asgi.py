@@ -83,8 +83,10 @@ class OwnershipMiddleware:
     response, rejections and server errors included. Rejected HTTP requests get ``400`` with an
     ``application/problem+json`` body; rejected WebSocket handshakes get the same response
     where the server supports the denial-response extension, else a ``1008`` close (HTTP 403).
-    An application that raises before it responds gets a ``500`` from here (so that it carries
-    the trace id), then the exception goes on to the server.
+    An application that raises before it responds gets a plain ``500`` from here (so that it
+    carries the trace id), then the exception goes on to the server. (Starlette's own 500 handler
+    runs but its response is not sent, and debug mode keeps its traceback page; to keep a custom
+    500 page, wrap the whole app instead: ``app = OwnershipMiddleware(app, ...)``.)
 
     Units are named without the data paths carry: events and logs use the route template when
     the framework has one, else the path with identifier-like segments redacted
@@ -262,8 +264,10 @@ class _Responder:
         """Answer 500 for an application that raised before responding. Starlette's error
         middleware sits outside ours (`add_middleware`): it sees the response started and
         only re-raises, so the server still logs the exception."""
-        if scope["type"] != "http":
-            self.status = 500  # the server refuses the handshake with 500
+        if scope["type"] != "http" or getattr(scope.get("app"), "debug", False) is True:
+            # WebSocket: the server refuses the handshake with 500. A Starlette app in debug
+            # mode: its error middleware shows the traceback page, worth more there.
+            self.status = 500
             return
         headers = [
             (b"content-type", b"text/plain; charset=utf-8"),

@@ -189,3 +189,13 @@ def test_keys_come_from_the_environment_by_default(tmp_path: Path) -> None:
     finally:
         process.kill()
         process.wait(10)
+
+
+def test_debug_mode_keeps_starlettes_traceback_page(event_sink: ListSink) -> None:
+    from starlette.testclient import TestClient
+
+    with TestClient(_starlette_added(debug=True), raise_server_exceptions=False) as client:
+        response = client.get("/boom", headers=OWNED)
+    assert response.status_code == 500 and "handler failed" in response.text
+    [event] = _request_events(event_sink)
+    assert event["status"] == 500
