@@ -2,38 +2,55 @@
 
 Pure ASGI (no ``BaseHTTPMiddleware``), so the envelope stays bound for the whole unit of work:
 the handler, streamed response bodies, Starlette background tasks, ``run_in_threadpool`` and
-tasks the handler spawns. It is reset when the application returns. Lifespan passes through.
+tasks the handler spawns. It is reset when the application returns.
 
     app.add_middleware(OwnershipMiddleware, policy=Policy(mode="enforce"))
+
+Lifespan passes through, except that a configuration error (e.g. a policy that hashes raw ids
+without ``OWNERSHIP_CTX_HASH_KEY``) fails the lifespan startup with its message, so the server
+exits at once rather than answering every request with 500.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Final
 
 from . import events
 from .gate import PROBLEM_CONTENT_TYPE, Entry, Gate
-from .hashing import Keys
+from .hashing import ConfigurationError, Keys
 from .policy import Policy
+from .units import redact_path
 
-__all__ = ["OwnershipMiddleware"]
+__all__ = ["SCOPE_KEY", "OwnershipMiddleware", "UnitOf"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+#: Names a unit from its ASGI scope (the operator's choice over route templates / redaction).
+UnitOf = Callable[[Scope], str]
+
+#: The scope key under which the admitted `Entry` of a request is kept: an inner
+#: OwnershipMiddleware (a mounted sub-app with its own) reuses it instead of minting again.
+SCOPE_KEY: Final = "ownership_ctx.entry"
+
+logger = logging.getLogger("ownership_ctx")
 
 # What a request event records as the status of each kind of first response message.
-_STATUS_OF = {
+_STATUS_OF: Final = {
     "http.response.start": 0,
     "websocket.accept": 101,
     "websocket.close": 403,  # closed before the handshake completed: servers answer 403
     "websocket.http.response.start": 0,
 }
-_STARTS = frozenset({"http.response.start", "websocket.accept", "websocket.http.response.start"})
+_STARTS: Final = frozenset(
+    {"http.response.start", "websocket.accept", "websocket.http.response.start"}
+)
+_SERVER_ERROR_BODY: Final = b"Internal Server Error"
 
 
 def _flush_events_at_shutdown(send: Send) -> Send:
@@ -45,13 +62,36 @@ def _flush_events_at_shutdown(send: Send) -> Send:
     return send_flushing
 
 
+def route_template(scope: Scope) -> str | None:
+    """The framework's template of the route that served ``scope`` (Starlette, FastAPI: their
+    routes, WebSocket routes and mounts), or ``None`` when no route matched."""
+    route = scope.get("route")
+    template = getattr(route, "path", None)
+    if not isinstance(template, str):
+        return None
+    if not hasattr(route, "endpoint"):
+        template += "/{path}"  # a Mount that served the rest of the path itself
+    # Routes inside mounts are relative to them; what the mounts matched is redacted.
+    mounted = scope.get("root_path", "")[len(scope.get("app_root_path", "")) :]
+    return redact_path(mounted) + template if mounted else template
+
+
 class OwnershipMiddleware:
     """Admit each request through the policy and bind its envelope for the request's lifetime.
 
     ``trace_header`` (default ``x-trace-id``; ``None`` to disable) echoes the trace id on every
-    response, rejections included. Rejected HTTP requests get ``400`` with an
+    response, rejections and server errors included. Rejected HTTP requests get ``400`` with an
     ``application/problem+json`` body; rejected WebSocket handshakes get the same response
     where the server supports the denial-response extension, else a ``1008`` close (HTTP 403).
+    An application that raises before it responds gets a plain ``500`` from here (so that it
+    carries the trace id), then the exception goes on to the server. (Starlette's own 500 handler
+    runs but its response is not sent, and debug mode keeps its traceback page; to keep a custom
+    500 page, wrap the whole app instead: ``app = OwnershipMiddleware(app, ...)``.)
+
+    Units are named without the data paths carry: events and logs use the route template when
+    the framework has one, else the path with identifier-like segments redacted
+    (`ownership_ctx.units.redact_path`); ``unit_of(scope)`` replaces both. Policy rules match
+    the path as received. ``keys`` default to `Keys.from_env`.
     """
 
     def __init__(
@@ -61,109 +101,181 @@ class OwnershipMiddleware:
         policy: Policy | None = None,
         keys: Keys | None = None,
         trace_header: str | None = "x-trace-id",
+        unit_of: UnitOf | None = None,
     ) -> None:
         self.app = app
-        self.gate = Gate(policy, keys)
-        names = self.gate.edge_carrier_names
-        self._wanted = None if names is None else frozenset(n.encode("latin-1") for n in names)
+        self._unit_of = unit_of
         self._trace_header = trace_header.lower().encode("latin-1") if trace_header else None
+        self.configuration_error: ConfigurationError | None = None
+        try:
+            self.gate: Gate | None = Gate(policy, keys)
+        except ConfigurationError as error:
+            # Raised here, the error would reach a framework that builds its middleware on
+            # the first event (Starlette: at lifespan startup), and servers treat a lifespan
+            # that raises as "lifespan unsupported", then answer 500 forever. Failing the
+            # startup instead makes the server exit with the message.
+            self.gate = None
+            self.configuration_error = error
+            self._wanted: dict[bytes, str] | None = {}
+            return
+        names = self.gate.edge_carrier_names
+        # The headers the gate reads, by their raw name: nothing is decoded for the others.
+        self._wanted = None if names is None else {n.encode("latin-1"): n for n in names}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope_type = scope["type"]
         if scope_type != "http" and scope_type != "websocket":
             if scope_type == "lifespan":
+                if self.gate is None:
+                    await self._fail_startup(receive, send)
+                    return
                 send = _flush_events_at_shutdown(send)
             await self.app(scope, receive, send)
+            return
+        if SCOPE_KEY in scope:
+            # An outer OwnershipMiddleware admitted this request: one envelope, one trace id.
+            await self.app(scope, receive, send)
+            return
+        gate = self.gate
+        if gate is None:
+            await self._misconfigured(scope, receive, send)
             return
         carrier: dict[str, str] = {}
         wanted = self._wanted
         for name, value in scope["headers"]:
-            if wanted is None or name in wanted:
-                key = name.decode("latin-1")
+            key = name.decode("latin-1") if wanted is None else wanted.get(name)
+            if key is not None:
                 text = value.decode("latin-1")
                 # Repeated headers join with commas, as HTTP defines: repeated baggage
                 # merges, a repeated first-party header becomes an invalid value.
                 carrier[key] = f"{carrier[key]},{text}" if key in carrier else text
-        entry = self.gate.enter(carrier, hop="http", unit=scope["path"], edge=True, native=scope)
-        if events.get_sink() is not None:
-            await self._call_recorded(scope, receive, send, entry)
-            return
+        path = scope["path"]
+        unit_of = self._unit_of
+        entry = gate.enter(
+            carrier,
+            hop="http",
+            unit=path,
+            edge=True,
+            native=scope,
+            name=redact_path(path) if unit_of is None else _named(unit_of, scope, path),
+        )
+        scope[SCOPE_KEY] = entry
+        started = time.perf_counter() if events._sink is not None else 0.0
+        responder = _Responder(send, self._trace_header, entry.trace_id)
         try:
             if entry.envelope is None:
-                await self._reject(scope, receive, send, entry)
-            elif self._trace_header is None:
-                await self.app(scope, receive, send)
+                await self._reject(scope, receive, responder.send, entry)
             else:
-                await self.app(scope, receive, self._echo_trace(send, entry.trace_id))
+                await self.app(scope, receive, responder.send)
+        except Exception:
+            if responder.status is None:
+                await responder.server_error(scope)
+            raise
         finally:
             entry.close()
-
-    async def _call_recorded(
-        self, scope: Scope, receive: Receive, send: Send, entry: Entry
-    ) -> None:
-        """The same, and a request event (status, latency) when the unit ends."""
-        started = time.perf_counter()
-        status: list[int] = []
-        echo = self._echo_trace(send, entry.trace_id) if self._trace_header else send
-
-        def recording(inner: Send) -> Send:
-            async def send_recording(message: Message) -> None:
-                kind = message["type"]
-                if kind in _STATUS_OF:
-                    status.append(message.get("status") or _STATUS_OF[kind])
-                await inner(message)
-
-            return send_recording
-
-        try:
-            if entry.envelope is None:
-                # Not through `echo`: the rejection carries its trace header already.
-                await self._reject(scope, receive, recording(send), entry)
-            else:
-                await self.app(scope, receive, recording(echo))
-        finally:
-            entry.close()
-            events.emit(
-                entry.request_event(
-                    scope.get("method", "WEBSOCKET"),
-                    status[0] if status else None,
-                    (time.perf_counter() - started) * 1000,
-                    route=getattr(scope.get("route"), "path", None),  # Starlette's template
+            if events._sink is not None:
+                route = route_template(scope) if unit_of is None else _named(unit_of, scope, path)
+                elapsed = time.perf_counter() - started if started else 0.0
+                events.emit(
+                    entry.request_event(
+                        scope.get("method", "WEBSOCKET"),
+                        responder.status,
+                        elapsed * 1000,
+                        route=route,
+                    )
                 )
-            )
 
-    def _echo_trace(self, send: Send, trace_id: str) -> Send:
-        trace = (self._trace_header, trace_id.encode("ascii"))
+    async def _fail_startup(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            text = f"ownership_ctx: {self.configuration_error}"
+            await send({"type": "lifespan.startup.failed", "message": text})
 
-        async def send_with_trace(message: Message) -> None:
-            if message["type"] in _STARTS:
-                # A new list: the app may reuse its own (Starlette's Response.raw_headers).
-                message["headers"] = [*message.get("headers", ()), trace]
-            await send(message)
+    async def _misconfigured(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Only where the server ran no lifespan (else it has exited already).
+        logger.error("ownership_ctx: %s", self.configuration_error)
+        if scope["type"] == "http":
+            start = {"type": "http.response.start", "status": 500}
+            await send({**start, "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+            await send({"type": "http.response.body", "body": _SERVER_ERROR_BODY})
+        else:
+            await send({"type": "websocket.close", "code": 1011})
 
-        return send_with_trace
-
-    def _headers(self, entry: Entry, body: bytes) -> list[tuple[bytes, bytes]]:
-        headers = [
+    def _headers(self, body: bytes) -> list[tuple[bytes, bytes]]:
+        return [
             (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
             (b"content-length", str(len(body)).encode()),
         ]
-        if self._trace_header is not None:
-            headers.append((self._trace_header, entry.trace_id.encode("ascii")))
-        return headers
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send, entry: Entry) -> None:
         body = entry.problem_body()
         if scope["type"] == "http":
             start = {"type": "http.response.start", "status": 400}
-            headers = self._headers(entry, body)
-            await send({**start, "headers": headers})
+            await send({**start, "headers": self._headers(body)})
             await send({"type": "http.response.body", "body": body})
             return
         await receive()  # websocket.connect
         if "websocket.http.response" in scope.get("extensions", {}):
             start = {"type": "websocket.http.response.start", "status": 400}
-            await send({**start, "headers": self._headers(entry, body)})
+            await send({**start, "headers": self._headers(body)})
             await send({"type": "websocket.http.response.body", "body": body})
         else:
             await send({"type": "websocket.close", "code": 1008, "reason": "ownership rejected"})
+
+
+_unit_of_failed: list[bool] = []
+
+
+def _named(unit_of: UnitOf, scope: Scope, path: str) -> str:
+    try:
+        name = unit_of(scope)
+    except Exception:
+        events.count("unit_of_errors")
+        if not _unit_of_failed:  # once: a broken unit_of fails on every request
+            _unit_of_failed.append(True)
+            logger.exception("ownership_ctx: unit_of raised; the redacted path is used instead")
+        return redact_path(path)
+    return name if isinstance(name, str) else redact_path(path)
+
+
+class _Responder:
+    """The ``send`` the application gets: records the status and echoes the trace id."""
+
+    __slots__ = ("_send", "_trace", "status")
+
+    def __init__(self, send: Send, header: bytes | None, trace_id: str) -> None:
+        self._send = send
+        self._trace = None if header is None else (header, trace_id.encode("ascii"))
+        self.status: int | None = None
+
+    def send(self, message: Message) -> Awaitable[None]:
+        # Not a coroutine itself: it hands back the server's awaitable, one frame less per
+        # message (ASGI asks only that send(...) be awaitable).
+        if self.status is None:
+            kind = message["type"]
+            if kind in _STATUS_OF:
+                self.status = message.get("status") or _STATUS_OF[kind]
+                if kind in _STARTS and self._trace is not None:
+                    # A new list: the app may reuse its own (Starlette's Response.raw_headers).
+                    message["headers"] = [*message.get("headers", ()), self._trace]
+        return self._send(message)
+
+    async def server_error(self, scope: Scope) -> None:
+        """Answer 500 for an application that raised before responding. Starlette's error
+        middleware sits outside ours (`add_middleware`): it sees the response started and
+        only re-raises, so the server still logs the exception."""
+        if scope["type"] != "http" or getattr(scope.get("app"), "debug", False) is True:
+            # WebSocket: the server refuses the handshake with 500. A Starlette app in debug
+            # mode: its error middleware shows the traceback page, worth more there.
+            self.status = 500
+            return
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(_SERVER_ERROR_BODY)).encode()),
+            (b"connection", b"close"),  # servers close a connection whose app raised
+        ]
+        try:
+            await self.send({"type": "http.response.start", "status": 500, "headers": headers})
+            await self.send({"type": "http.response.body", "body": _SERVER_ERROR_BODY})
+        except Exception:
+            events.count("server_error_response_failed")  # the client went away

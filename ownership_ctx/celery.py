@@ -14,9 +14,11 @@ Publish (``before_task_publish``): the current envelope is written under `QUEUE_
 top level of the message headers and mirrored into the nested ``headers["headers"]`` dict,
 which is what Celery copies into re-published messages (``retry()``, autoretry, retries after a
 lost worker). A message that already carries an envelope keeps it: re-enqueues done by Celery
-keep the original owner. With nothing bound, a unit whose policy rule stamps (beat schedules)
-gets an envelope from configuration; anything else is marked unattributed, never given someone
-else's envelope.
+keep the original owner. While an envelope is bound, one the caller set
+(``apply_async(headers={"ownership_envelope": ...})``) is kept only if it verifies under the
+policy (see `Gate.keeps_callers`); else the bound one is sent. With nothing bound, a unit whose
+policy rule stamps (beat schedules) gets an envelope from configuration; anything else is marked
+unattributed, never given someone else's envelope.
 
 Worker: Celery builds one tracer function per task (``celery.app.trace.build_tracer``) that
 runs prerun signals, the body, the success / retry / failure handling with their log lines,
@@ -119,8 +121,16 @@ class CeleryHooks:
         """Write the envelope into a message's headers (top level and nested)."""
         nested = headers.get(NESTED_HEADERS)
         value = headers.get(QUEUE_HEADER)
-        if not isinstance(value, str):
-            value = nested.get(QUEUE_HEADER) if isinstance(nested, Mapping) else None
+        if not isinstance(value, str) and isinstance(nested, Mapping):
+            value = nested.get(QUEUE_HEADER, value)
+        if (
+            value is not None
+            and current() is not None
+            and not self.gate.keeps_callers(value, hop=HOP, unit=task_name)
+        ):
+            # A caller's header (apply_async(headers=...)) does not replace the envelope
+            # bound here unless it verifies: garbage or an unsigned "other team" is refused.
+            value = None
         if not isinstance(value, str):
             carrier: dict[str, str] = {}
             if current() is None and self.gate.policy.for_unit(task_name).mode == "stamp":

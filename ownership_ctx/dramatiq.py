@@ -5,10 +5,11 @@ One line on the broker, wherever you build it::
     broker.add_middleware(OwnershipMiddleware(policy=Policy(mode="quarantine")))
 
 On enqueue the current envelope is written into ``message.options["ownership_envelope"]``
-(a fresh one marked ``unattributed`` when nothing is bound). In the worker the envelope is
-admitted through the policy, bound for the message (actor, callbacks, retry logging, child
-messages) and reset when the message is done, failed or skipped. A message the policy rejects
-(``enforce``) is skipped and dead-lettered.
+(a fresh one marked ``unattributed`` when nothing is bound). An envelope the caller set in
+the options is kept when nothing is bound, and otherwise only if it verifies under the policy.
+In the worker the envelope is admitted through the policy, bound for the message (actor,
+callbacks, retry logging, child messages) and reset when the message is done, failed or
+skipped. A message the policy rejects (``enforce``) is skipped and dead-lettered.
 
 The middleware moves itself to the front of ``broker.middleware``: before-hooks run in list
 order and after-hooks in reverse, so only there does the envelope stay bound while Retries,
@@ -29,6 +30,7 @@ from dramatiq.middleware import SkipMessage
 
 from . import events
 from .codec import QUEUE_HEADER
+from .context import current
 from .gate import Entry, Gate
 from .hashing import Keys
 from .policy import Policy
@@ -103,9 +105,13 @@ class OwnershipMiddleware(dramatiq.Middleware):
             # Our header from an enqueue that failed before after_enqueue (a broker error):
             # it is this unit's to rewrite, not an envelope someone else set.
             options.pop(QUEUE_HEADER, None)
-        if QUEUE_HEADER in options:
+        if QUEUE_HEADER in options and (
+            current() is None
+            or self.gate.keeps_callers(options[QUEUE_HEADER], hop=HOP, unit=message.actor_name)
+        ):
             # Already carried: a retry, a delayed message coming due (re-enqueued from the
-            # consumer thread with nothing bound), or a publisher that set it on purpose.
+            # consumer thread with nothing bound), or a publisher that set it on purpose
+            # (with an envelope bound, only one that verifies replaces it).
             return
         if broker.middleware[0] is not self:
             self._place_first(broker)

@@ -68,6 +68,7 @@ _MAX_RAW_ID: Final = 256  # longer raw ids at the edge are refused rather than h
 _DECISION_CACHE_SIZE: Final = 2048
 _CACHEABLE_CHARS: Final = 2048
 _MAX_UNIT_SHOWN: Final = 256  # so the cache stays under ~4 MiB of keys
+_SET_ASIDE: Final = frozenset({"unsigned", "untrusted"})  # ignored problems worth a log line
 _NO_TRACE_ID: Final = "0" * 32  # placeholder in cached templates; replaced before binding
 
 
@@ -245,7 +246,16 @@ class Entry:
 class Gate:
     """Policy and keys applied at one kind of boundary. Build one per adapter instance."""
 
-    __slots__ = ("_decisions", "_edge_headers", "_edge_names", "_extra_keys", "keys", "policy")
+    __slots__ = (
+        "_believes_unsigned",
+        "_decisions",
+        "_edge_headers",
+        "_edge_names",
+        "_extra_keys",
+        "_refusals_logged",
+        "keys",
+        "policy",
+    )
 
     def __init__(self, policy: Policy | None = None, keys: Keys | None = None) -> None:
         self.policy = policy if policy is not None else Policy()
@@ -255,6 +265,12 @@ class Gate:
         self._edge_names = tuple(header for _, header in self._edge_headers)
         self._extra_keys = frozenset(self.policy.extra_keys)
         self._decisions: dict[tuple[object, ...], _Decision] = {}
+        # With signing keys, an unsigned envelope could name any team: believed only when the
+        # policy says so (a migration setting), or when there are no keys to sign with.
+        self._believes_unsigned = self.policy.trust == "all" and (
+            not self.keys.signing_keys or self.policy.accept_unsigned
+        )
+        self._refusals_logged: set[str] = set()
         if any(name in HASHED_FIELDS for name, _ in self._edge_headers):
             self.keys.require_hash_key("accepting raw tenant/user headers at the edge")
 
@@ -280,17 +296,23 @@ class Gate:
         edge: bool = False,
         header: str = BAGGAGE_HEADER,
         native: object = None,
+        name: str | None = None,
     ) -> Entry:
         """Admit one unit of work: decide its envelope under the policy and bind it.
 
         ``carrier[header]`` holds the envelope (``baggage`` on HTTP, `QUEUE_HEADER` on queues).
         At the ``edge``, first-party headers are read and raw ids hashed. A trace id comes from
         the envelope, else from ``traceparent``, else is minted. Never raises for bad input.
+        ``unit`` is what policy rules match (an HTTP path, a task name); ``name`` is what
+        events, logs and the resolver see instead when ``unit`` may carry data (a path with
+        ids in it: see `ownership_ctx.units.redact_path`).
         """
         text = carrier.get(header) or ""
         trace_id: str | None = None
+        if name is None:
+            name = unit
         if self.policy.resolver is not None:
-            decision = self._decide(text, carrier, hop, unit, edge, native)
+            decision = self._decide(text, carrier, hop, unit, edge, native, name)
         else:
             # Without a resolver the decision depends on these inputs alone, so it is cached.
             # The envelope's own trace id and signature are cut out of the key: they change
@@ -304,7 +326,9 @@ class Gate:
             key = (id(self.policy.for_unit(unit)), rest, edge_values, signed)
             decision = self._decisions.get(key)  # type: ignore[assignment]
             if decision is None:
-                decision = self._decide(rest, carrier, hop, unit, edge, native, verified=signed)
+                decision = self._decide(
+                    rest, carrier, hop, unit, edge, native, name, verified=signed
+                )
                 size = len(rest) + sum(len(v) for v in edge_values if v is not None)
                 if size <= _CACHEABLE_CHARS:  # hostile giant headers are judged, not kept
                     if len(self._decisions) >= _DECISION_CACHE_SIZE:
@@ -312,7 +336,7 @@ class Gate:
                     self._decisions[key] = decision
             if signed and not self._verifies(rest, trace_id, signature):
                 # Forged or altered: the full parser judges the header as it came.
-                decision = self._decide(text, carrier, hop, unit, edge, native)
+                decision = self._decide(text, carrier, hop, unit, edge, native, name)
                 trace_id = None
             elif not decision.trusts_envelope:
                 trace_id = None
@@ -324,7 +348,7 @@ class Gate:
                 trace_id = _mint_trace_id()
         template = decision.template
         envelope = None if template is None else _with_trace_id(template, trace_id)
-        entry = Entry(envelope, decision, trace_id, hop, unit)
+        entry = Entry(envelope, decision, trace_id, hop, name)
         if _enter_hook is not None:
             _run_enter_hook(entry)
         if decision.outcome != "attributed" or decision.problems:
@@ -348,6 +372,7 @@ class Gate:
         unit: str,
         edge: bool,
         native: object,
+        name: str,
         *,
         verified: bool = False,
     ) -> _Decision:
@@ -363,7 +388,7 @@ class Gate:
         parsed = parse(text)
         # A carrier whose only ownership entry was the (cut out) trace id: unsigned, so it is
         # believed exactly when unsigned envelopes are.
-        trusted = policy.trust == "all" or (verified and policy.trust == "signed")
+        trusted = self._believes_unsigned or (verified and policy.trust != "none")
         if parsed.present:
             if verified and policy.trust != "none":
                 trusted, problem = True, None
@@ -386,7 +411,7 @@ class Gate:
         if edge and self._edge_headers:
             self._read_edge_headers(carrier, fields, problems)
         if policy.resolver is not None:
-            self._resolve(Inbound(carrier, hop, unit, native), fields, problems)
+            self._resolve(Inbound(carrier, hop, name, native), fields, problems)
 
         mode = unit_policy.mode
         local: Attribution = "attributed"
@@ -396,7 +421,8 @@ class Gate:
         invalid = any(p.severity == "invalid" for p in problems)
         if (missing or invalid) and mode == "enforce":
             return _Decision(None, "rejected", missing, tuple(problems), trace_id, trusted)
-        if missing or (invalid and mode != "stamp"):
+        if missing or invalid:
+            # Stamp mode fills gaps, it does not excuse wrong input: invalid is marked too.
             local = "quarantined"
         elif incoming == "unattributed" and local == "stamped":
             # Published with nothing bound (a scheduler, a script) and owned by configuration
@@ -438,6 +464,43 @@ class Gate:
         carrier[header] = encode_header(envelope, self.keys)
         return envelope, ()
 
+    def keeps_callers(self, value: object, *, hop: str, unit: str) -> bool:
+        """Whether an envelope the caller put on an outgoing message (``value``) may replace
+        the one bound here: only when it verifies under the policy (valid, and believed:
+        signed when signing keys are configured, unless `Policy.accept_unsigned`).
+
+        A refusal is counted (``<hop>_caller_envelope_refused``) and logged once per reason;
+        the caller then sends the bound envelope. ``unit`` must be a name, never data.
+        """
+        reason = self._refusal(value)
+        if reason is None:
+            return True
+        events.count(f"{hop}_caller_envelope_refused")
+        if reason not in self._refusals_logged:
+            self._refusals_logged.add(reason)
+            logger.warning(
+                "ownership envelope set by the caller on %s %r was not used (%s); the envelope "
+                "bound here was sent instead (logged once per reason)",
+                hop,
+                _shown(unit),
+                reason,
+                extra={"ownership_hop": hop, "ownership_refused": reason},
+            )
+        return False
+
+    def _refusal(self, value: object) -> str | None:
+        if not isinstance(value, str):
+            return "not text"
+        parsed = parse(value)
+        if not parsed.present:
+            return "no ownership entries"
+        if "trace_id" not in parsed.fields or any(p.severity == "invalid" for p in parsed.problems):
+            return "invalid"
+        trusted, problem = self._trust(parsed)
+        if not trusted:
+            return problem.code if problem is not None else "untrusted"
+        return None
+
     def _trust(self, parsed: Parsed) -> tuple[bool, Problem | None]:
         trust = self.policy.trust
         if trust == "none":
@@ -448,7 +511,7 @@ class Gate:
         if signature is not None and self.keys.signing_keys:
             problem = signature_problem(parsed, signature, self.keys)
             return problem is None, problem
-        if trust == "signed":
+        if not self._believes_unsigned:
             return False, Problem(
                 "unsigned", None, "only signed envelopes are trusted here", "ignored"
             )
@@ -525,7 +588,11 @@ class Gate:
                 entry.outcome,
                 entry.hop,
                 _shown(entry.unit),
-                "; ".join(entry.reasons()) or "no ownership received",
+                # For the operator, also what was set aside on purpose (an unsigned envelope).
+                "; ".join(
+                    [*entry.reasons(), *(str(p) for p in entry.problems if p.code in _SET_ASIDE)]
+                )
+                or "no ownership received",
                 extra={"ownership_outcome": entry.outcome, "ownership_hop": entry.hop},
             )
 

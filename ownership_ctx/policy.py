@@ -32,15 +32,16 @@ __all__ = [
 #: invalid. ``quarantine``: run it, marked ``quarantined``. ``stamp``: fill missing fields from
 #: the defaults, then quarantine whatever is still missing.
 Mode = Literal["enforce", "quarantine", "stamp"]
-#: Which incoming envelopes are believed: ``all`` (any valid one; a signature, when present and
-#: keys are configured, must verify), ``signed`` (only validly signed ones: for services that
-#: take calls from both internal callers and the internet), ``none`` (ownership comes only from
-#: the resolver and the defaults).
+#: Which incoming envelopes are believed: ``all`` (any valid one; with signing keys configured,
+#: only signed ones unless `Policy.accept_unsigned`; a signature must verify), ``signed`` (only
+#: validly signed ones: for services that take calls from both internal callers and the
+#: internet), ``none`` (ownership comes only from the resolver and the defaults).
 Trust = Literal["all", "signed", "none"]
 
 _MODES: Final = ("enforce", "quarantine", "stamp")
 _TRUSTS: Final = ("all", "signed", "none")
 _UNIT_CACHE_SIZE: Final = 4096
+_FLAGS: Final = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -49,7 +50,7 @@ class Inbound:
 
     carrier: Mapping[str, str]
     hop: str
-    unit: str
+    unit: str  # its name: for HTTP the route or redacted path, never raw ids (see ``native``)
     native: object = None  # the framework's own object: ASGI scope, WSGI environ, task request
 
 
@@ -132,6 +133,11 @@ class Policy:
     ``extra.<key>`` for extras. ``extra_keys`` declares which extra fields are accepted from
     the wire. ``edge_headers`` names the first-party headers accepted at the edge (``None``:
     accept none).
+
+    ``accept_unsigned``: with signing keys configured, envelopes that carry no signature are
+    not believed (on queues and on HTTP alike), since anyone who can publish could name any
+    team; set it to believe them too, while publishers are being given the keys. It changes
+    nothing without signing keys (nothing to verify with), nor for ``trust="signed"``.
     """
 
     mode: Mode = "enforce"
@@ -142,6 +148,7 @@ class Policy:
     resolver: Resolver | None = None
     extra_keys: tuple[str, ...] = ()
     edge_headers: EdgeHeaders | None = EdgeHeaders()
+    accept_unsigned: bool = False
     _units: dict[str, UnitPolicy] = dataclasses.field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -183,8 +190,9 @@ class Policy:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Policy:
         """A policy from ``OWNERSHIP_CTX_MODE``, ``OWNERSHIP_CTX_REQUIRED`` (comma-separated
-        field names; empty for none) and ``OWNERSHIP_CTX_TRUST``: for integrations enabled
-        without code, such as ``opentelemetry-instrument``.
+        field names; empty for none), ``OWNERSHIP_CTX_TRUST`` and
+        ``OWNERSHIP_CTX_ACCEPT_UNSIGNED`` (``1`` / ``true``): for integrations enabled without
+        code, such as ``opentelemetry-instrument``.
         """
         env = os.environ if environ is None else environ
         kwargs: dict[str, Any] = {}
@@ -195,6 +203,11 @@ class Policy:
             kwargs["required"] = tuple(n.strip() for n in names if n.strip())
         if "OWNERSHIP_CTX_TRUST" in env:
             kwargs["trust"] = env["OWNERSHIP_CTX_TRUST"].strip()
+        if "OWNERSHIP_CTX_ACCEPT_UNSIGNED" in env:
+            flag = env["OWNERSHIP_CTX_ACCEPT_UNSIGNED"].strip().lower()
+            if flag not in _FLAGS:
+                raise ValueError(f"OWNERSHIP_CTX_ACCEPT_UNSIGNED must be one of {sorted(_FLAGS)}")
+            kwargs["accept_unsigned"] = _FLAGS[flag]
         return cls(**kwargs)
 
     def for_unit(self, unit: str) -> UnitPolicy:

@@ -11,6 +11,7 @@ the same worker thread serves, whatever the server does with ``close()``.
 from __future__ import annotations
 
 import contextvars
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
@@ -20,10 +21,17 @@ from . import events
 from .gate import PROBLEM_CONTENT_TYPE, Entry, Gate
 from .hashing import Keys
 from .policy import Policy
+from .units import redact_path
 
-__all__ = ["OwnershipWSGIMiddleware"]
+__all__ = ["ENVIRON_KEY", "OwnershipWSGIMiddleware", "UnitOf"]
+
+#: The environ key under which the admitted `Entry` of a request is kept: an inner
+#: OwnershipWSGIMiddleware (a mounted app with its own) reuses it instead of minting again.
+ENVIRON_KEY = "ownership_ctx.entry"
 
 Environ = dict[str, Any]
+#: Names a unit from its WSGI environ (the operator's choice over route templates / redaction).
+UnitOf = Callable[[Environ], str]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
 
@@ -35,6 +43,8 @@ class StartResponse(Protocol):
 
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
+logger = logging.getLogger("ownership_ctx")
+
 
 def _environ_key(header: str) -> str:
     return "HTTP_" + header.upper().replace("-", "_")
@@ -45,6 +55,11 @@ class OwnershipWSGIMiddleware:
 
     Rejected requests get ``400`` with an ``application/problem+json`` body. ``trace_header``
     (default ``x-trace-id``; ``None`` to disable) echoes the trace id on every response.
+
+    Units are named without the data paths carry: events and logs use the route template when
+    the framework has one (Flask's url rule), else the path with identifier-like segments
+    redacted (`ownership_ctx.units.redact_path`); ``unit_of(environ)`` replaces both. Policy
+    rules match the path as received. ``keys`` default to `Keys.from_env`.
     """
 
     def __init__(
@@ -54,15 +69,21 @@ class OwnershipWSGIMiddleware:
         policy: Policy | None = None,
         keys: Keys | None = None,
         trace_header: str | None = "x-trace-id",
+        unit_of: UnitOf | None = None,
     ) -> None:
         self.app = app
         self.gate = Gate(policy, keys)
+        self._unit_of = unit_of
         names = self.gate.edge_carrier_names
         self._all_headers = names is None
         self._environ_keys = tuple((name, _environ_key(name)) for name in names or ())
         self._trace_header = trace_header
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if ENVIRON_KEY in environ:
+            # An outer OwnershipWSGIMiddleware admitted this request and runs us in its
+            # context: one envelope, one trace id.
+            return self.app(environ, start_response)
         # PEP 3333: header values are latin-1 native strings, as in ASGI after decoding.
         if self._all_headers:  # a resolver may look at any header (an API key, a JWT)
             carrier = {
@@ -73,16 +94,22 @@ class OwnershipWSGIMiddleware:
         else:
             carrier = {name: environ[key] for name, key in self._environ_keys if key in environ}
         context = contextvars.copy_context()
+        path = environ.get("PATH_INFO", "")
+        unit_of = self._unit_of
         entry = context.run(
             self.gate.enter,
             carrier,
             hop="http",
-            unit=environ.get("PATH_INFO", ""),
+            unit=path,
             edge=True,
             native=environ,
+            name=redact_path(path) if unit_of is None else _named(unit_of, environ, path),
         )
+        environ[ENVIRON_KEY] = entry
         trace = [(self._trace_header, entry.trace_id)] if self._trace_header else []
-        recorder = _Recorder(entry, environ) if events.get_sink() is not None else None
+        recorder = (
+            _Recorder(entry, environ, unit_of, path) if events.get_sink() is not None else None
+        )
         if entry.envelope is None:
             body = entry.problem_body()
             start_response(
@@ -102,7 +129,7 @@ class OwnershipWSGIMiddleware:
             status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None, /
         ) -> Callable[[bytes], object]:
             if recorder is not None:
-                recorder.status = int(status[:3]) if status[:3].isdigit() else None
+                recorder.started_response(status)
             return start_response(status, [*headers, *trace], exc_info)
 
         if not trace and recorder is None:
@@ -117,20 +144,63 @@ class OwnershipWSGIMiddleware:
         return _InContext(result, context, recorder)
 
 
+_unit_of_failed: list[bool] = []
+
+
+def _named(unit_of: UnitOf, environ: Environ, path: str) -> str:
+    try:
+        name = unit_of(environ)
+    except Exception:
+        events.count("unit_of_errors")
+        if not _unit_of_failed:  # once: a broken unit_of fails on every request
+            _unit_of_failed.append(True)
+            logger.exception("ownership_ctx: unit_of raised; the redacted path is used instead")
+        return redact_path(path)
+    return name if isinstance(name, str) else redact_path(path)
+
+
+def route_template(environ: Environ) -> str | None:
+    """The url rule that served ``environ`` (Flask, any werkzeug routing that sets
+    ``request.url_rule``), or ``None``."""
+    request = environ.get("werkzeug.request")
+    rule = getattr(getattr(request, "url_rule", None), "rule", None)
+    if not isinstance(rule, str):
+        return None
+    script = environ.get("SCRIPT_NAME", "")  # a mount (DispatcherMiddleware): redacted
+    return redact_path(script) + rule if script else rule
+
+
 class _Recorder:
     """Collects a request's status and latency for its request event (when a sink is set)."""
 
-    __slots__ = ("entry", "method", "started", "status")
+    __slots__ = ("entry", "environ", "method", "path", "route", "started", "status", "unit_of")
 
-    def __init__(self, entry: Entry, environ: Environ) -> None:
+    def __init__(self, entry: Entry, environ: Environ, unit_of: UnitOf | None, path: str) -> None:
         self.entry = entry
+        self.environ = environ
+        self.unit_of = unit_of
+        self.path = path
         self.method = str(environ.get("REQUEST_METHOD", ""))
         self.started = time.perf_counter()
         self.status: int | None = None
+        self.route: str | None = None
+
+    def started_response(self, status: str) -> None:
+        self.status = int(status[:3]) if status[:3].isdigit() else None
+        # Now, while the framework still holds its request: Flask drops it from the environ
+        # when its request context ends, before the body is sent.
+        unit_of = self.unit_of
+        environ = self.environ
+        self.route = (
+            route_template(environ) if unit_of is None else _named(unit_of, environ, self.path)
+        )
 
     def finish(self) -> None:
         latency_ms = (time.perf_counter() - self.started) * 1000
-        events.emit(self.entry.request_event(self.method, self.status, latency_ms))
+        route = self.route
+        if route is None and self.unit_of is not None:
+            route = _named(self.unit_of, self.environ, self.path)
+        events.emit(self.entry.request_event(self.method, self.status, latency_ms, route=route))
 
 
 class _InContext:

@@ -491,16 +491,25 @@ async def test_raw_tenant_and_user_headers_are_hashed_at_the_edge() -> None:
         assert rec.only() == expected._replace(tenant=TENANT)
 
 
-def test_raw_id_headers_without_a_hash_key_fail_at_startup() -> None:
+def test_raw_id_headers_without_a_hash_key_fail_the_lifespan_startup() -> None:
     policy = Policy(edge_headers=EdgeHeaders(tenant="x-tenant-id", user="x-user-id"))
-    with pytest.raises(ConfigurationError, match="hash key"):
-        OwnershipMiddleware(JSONResponse({}), policy=policy, keys=Keys())
-    with pytest.raises(ConfigurationError, match="hash key"):
-        OwnershipMiddleware(JSONResponse({}), policy=policy)  # nothing in the environment
-    # Added to a Starlette app, it fails when the app starts, before any request.
-    app = starlette_app(policy, Recorder(), keys=Keys())
-    with pytest.raises(ConfigurationError), TestClient(app):
-        pass
+    for keys in (Keys(), None):  # None: from the environment, which has no hash key here
+        middleware = OwnershipMiddleware(JSONResponse({}), policy=policy, keys=keys)
+        assert isinstance(middleware.configuration_error, ConfigurationError)
+        assert "hash key" in str(middleware.configuration_error)
+
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(middleware({"type": "lifespan"}, receive, send))
+    assert [m["type"] for m in sent] == ["lifespan.startup.failed"]
+    assert "OWNERSHIP_CTX_HASH_KEY" in sent[0]["message"]
+    assert "\n" not in sent[0]["message"]
 
 
 # --- policy: rules, resolver, trust -----------------------------------------------------------

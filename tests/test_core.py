@@ -18,6 +18,7 @@ from ownership_ctx import (
     Rule,
     current,
     encode_header,
+    events,
     hash_identifier,
     new_trace_id,
 )
@@ -28,6 +29,8 @@ HASH_KEY = b"test-hash-key-0123456789"
 SIGN_KEY = b"test-signing-key-0123456789"
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 KEYS = Keys(hash_key=HASH_KEY, signing_keys=(SIGN_KEY,))
+# For tests of unsigned envelopes: with signing keys, those are not believed by default.
+HASH_ONLY = Keys(hash_key=HASH_KEY)
 
 
 def full(**changes: object) -> Envelope:
@@ -205,15 +208,15 @@ def enter(gate: Gate, carrier: dict[str, str], **kwargs: object) -> tuple[str, E
 
 def test_modes_decide_missing_fields() -> None:
     partial = {"baggage": f"ownership.trace_id={TRACE},ownership.owner_team=search"}
-    enforce = Gate(Policy(mode="enforce"), KEYS)
+    enforce = Gate(Policy(mode="enforce"), HASH_ONLY)
     assert enter(enforce, partial) == ("rejected", None)
 
-    outcome, envelope = enter(Gate(Policy(mode="quarantine"), KEYS), partial)
+    outcome, envelope = enter(Gate(Policy(mode="quarantine"), HASH_ONLY), partial)
     assert outcome == "quarantined"
     assert envelope == Envelope(trace_id=TRACE, owner_team="search", attribution="quarantined")
 
     defaults = {"workflow_id": "unknown", "feature": "unknown", "owner_team": "platform"}
-    outcome, envelope = enter(Gate(Policy(mode="stamp", defaults=defaults), KEYS), partial)
+    outcome, envelope = enter(Gate(Policy(mode="stamp", defaults=defaults), HASH_ONLY), partial)
     assert envelope == Envelope(
         trace_id=TRACE,
         owner_team="search",  # what was sent wins over the default
@@ -226,19 +229,19 @@ def test_modes_decide_missing_fields() -> None:
 def test_a_complete_envelope_passes_unchanged() -> None:
     carrier = {"baggage": encode_header(full())}
     for mode in ("enforce", "quarantine", "stamp"):
-        assert enter(Gate(Policy(mode=mode), KEYS), carrier) == ("attributed", full())  # type: ignore[arg-type]
+        assert enter(Gate(Policy(mode=mode), HASH_ONLY), carrier) == ("attributed", full())  # type: ignore[arg-type]
 
 
 def test_upstream_marking_is_kept_downstream() -> None:
     quarantined = full(attribution="quarantined")
     outcome, envelope = enter(
-        Gate(Policy(), KEYS), {QUEUE_HEADER: encode_header(quarantined)}, header=QUEUE_HEADER
+        Gate(Policy(), HASH_ONLY), {QUEUE_HEADER: encode_header(quarantined)}, header=QUEUE_HEADER
     )
     assert (outcome, envelope) == ("quarantined", quarantined)
 
 
 def test_trace_id_comes_from_the_envelope_then_traceparent_then_is_minted() -> None:
-    gate = Gate(Policy(mode="quarantine", required=()), KEYS)
+    gate = Gate(Policy(mode="quarantine", required=()), HASH_ONLY)
     other = new_trace_id()
     traceparent = f"00-{other}-00f067aa0ba902b7-01"
     _, with_both = enter(gate, {"baggage": encode_header(full()), "traceparent": traceparent})
@@ -250,7 +253,7 @@ def test_trace_id_comes_from_the_envelope_then_traceparent_then_is_minted() -> N
 
 
 def test_cached_decisions_never_share_trace_ids() -> None:
-    gate = Gate(Policy(), KEYS)
+    gate = Gate(Policy(), HASH_ONLY)
     base = encode_header(full())
     seen = set()
     for _ in range(20):
@@ -309,7 +312,7 @@ def test_a_failing_resolver_degrades_and_is_counted(caplog: pytest.LogCaptureFix
         raise RuntimeError("bug in host code")
 
     before = events.stats["resolver_errors"]
-    gate = Gate(Policy(mode="quarantine", resolver=resolver), KEYS)
+    gate = Gate(Policy(mode="quarantine", resolver=resolver), HASH_ONLY)
     outcome, envelope = enter(gate, {"baggage": encode_header(full())})
     assert (outcome, envelope) == ("attributed", full())
     assert events.stats["resolver_errors"] == before + 1
@@ -319,7 +322,7 @@ def test_edge_headers_hash_raw_ids_and_refuse_them_in_baggage(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     policy = Policy(edge_headers=EdgeHeaders(tenant="x-tenant-id", user="x-user-id"))
-    gate = Gate(policy, KEYS)
+    gate = Gate(policy, HASH_ONLY)
     carrier = {
         "x-owner-team": "search",
         "x-workflow-id": "ticket-triage",
@@ -339,7 +342,7 @@ def test_edge_headers_hash_raw_ids_and_refuse_them_in_baggage(
 
 def test_extras_only_when_declared() -> None:
     text = encode_header(full(extras={"cost_center": "cc-9", "secret": "x"}))
-    _, envelope = enter(Gate(Policy(extra_keys=("cost_center",)), KEYS), {"baggage": text})
+    _, envelope = enter(Gate(Policy(extra_keys=("cost_center",)), HASH_ONLY), {"baggage": text})
     assert envelope == full(extras={"cost_center": "cc-9"})
 
 
@@ -360,7 +363,7 @@ def test_inject_writes_current_or_an_unattributed_envelope() -> None:
 
 
 def test_hop_events_reach_the_sink(event_sink: object) -> None:
-    gate = Gate(Policy(mode="quarantine"), KEYS)
+    gate = Gate(Policy(mode="quarantine"), HASH_ONLY)
     enter(gate, {"baggage": encode_header(full())}, unit="/a")
     enter(gate, {}, unit="/b")
     events = event_sink.events  # type: ignore[attr-defined]
@@ -369,3 +372,69 @@ def test_hop_events_reach_the_sink(event_sink: object) -> None:
         ("/b", "quarantined", ["owner_team", "workflow_id", "feature"]),
     ]
     assert events[0]["owner_team"] == "search" and events[0]["trace_id"] == TRACE
+
+
+# --- unsigned envelopes where signing keys are configured (issue 11, item 4) -----------------
+
+
+def test_with_signing_keys_unsigned_envelopes_are_believed_only_when_the_policy_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="ownership_ctx")
+    carrier = {"baggage": encode_header(full())}
+    gate = Gate(Policy(mode="quarantine"), KEYS)
+    entry = gate.enter(carrier, hop="http", unit="/")
+    entry.close()
+    assert entry.outcome == "quarantined" and entry.trace_id != TRACE
+    assert [(p.code, p.severity) for p in entry.problems] == [("unsigned", "ignored")]
+    assert "unsigned" in caplog.text  # the operator is told why
+    # The migration setting, and no keys at all: believed.
+    for policy, keys in ((Policy(accept_unsigned=True), KEYS), (Policy(), HASH_ONLY)):
+        assert enter(Gate(policy, keys), carrier) == ("attributed", full())
+    # Signed: believed either way.
+    assert enter(Gate(Policy(), KEYS), {"baggage": encode_header(full(), KEYS)}) == (
+        "attributed",
+        full(),
+    )
+
+
+def test_accept_unsigned_from_the_environment() -> None:
+    assert Policy.from_env({"OWNERSHIP_CTX_ACCEPT_UNSIGNED": "1"}).accept_unsigned
+    assert not Policy.from_env({"OWNERSHIP_CTX_ACCEPT_UNSIGNED": "false"}).accept_unsigned
+    assert not Policy.from_env({}).accept_unsigned
+    with pytest.raises(ValueError, match="OWNERSHIP_CTX_ACCEPT_UNSIGNED"):
+        Policy.from_env({"OWNERSHIP_CTX_ACCEPT_UNSIGNED": "maybe"})
+
+
+def test_a_callers_envelope_replaces_the_bound_one_only_if_it_verifies() -> None:
+    gate = Gate(Policy(), KEYS)
+    other = full(owner_team="other-team")
+    assert gate.keeps_callers(encode_header(other, KEYS), hop="q", unit="t")
+    before = events.stats["q_caller_envelope_refused"]
+    for value in (
+        encode_header(other),  # unsigned
+        encode_header(other, Keys(signing_keys=(b"some-other-signing-key",))),
+        "garbage",
+        "ownership.v=1,ownership.owner_team=a b",
+        12345,
+    ):
+        assert not gate.keeps_callers(value, hop="q", unit="t")
+    assert events.stats["q_caller_envelope_refused"] - before == 5
+    assert Gate(Policy(accept_unsigned=True), KEYS).keeps_callers(
+        encode_header(other), hop="q", unit="t"
+    )
+    assert not Gate(Policy(trust="none"), HASH_ONLY).keeps_callers(
+        encode_header(other), hop="q", unit="t"
+    )
+
+
+# --- stamp mode and invalid input (issue 11, item 9) ------------------------------------------
+
+
+def test_stamp_mode_marks_invalid_input_with_nothing_missing() -> None:
+    defaults = {"owner_team": "platform", "workflow_id": "batch", "feature": "default"}
+    gate = Gate(Policy(mode="stamp", defaults=defaults), HASH_ONLY)
+    baggage = encode_header(full(user=None)) + ",ownership.user=not-a-hash"
+    outcome, envelope = enter(gate, {"baggage": baggage})
+    assert outcome == "quarantined"
+    assert envelope is not None and envelope.owner_team == "search" and envelope.user is None

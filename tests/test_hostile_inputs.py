@@ -82,6 +82,7 @@ class Case:
     kept: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(GOOD_FIELDS))
     trace: str | None = None  # the trace id of the unit; None: freshly minted
     trust: str = "all"
+    accept_unsigned: bool = True  # the migration setting; off by default in the library
 
     @property
     def flawed(self) -> bool:
@@ -368,6 +369,15 @@ CASES = [
         trust="signed",
     ),
     Case("unsigned_envelope_when_all_are_trusted", (bag(GOOD_HEADER),), trace=TRACE),
+    # With signing keys configured, an unsigned envelope is not believed unless the policy
+    # says so: anyone could name any team in one.
+    Case(
+        "unsigned_envelope_with_signing_keys",
+        (bag(GOOD_HEADER),),
+        missing=("owner_team", "workflow_id", "feature"),
+        kept={},
+        accept_unsigned=False,
+    ),
 ]
 MODES = ("enforce", "quarantine", "stamp")
 
@@ -394,7 +404,7 @@ class App:
     seen: list[Envelope | None]
 
 
-def make_app(mode: str, trust: str) -> App:
+def make_app(mode: str, trust: str, accept_unsigned: bool = True) -> App:
     seen: list[Envelope | None] = []
 
     async def chat(request: Request) -> JSONResponse:
@@ -407,6 +417,7 @@ def make_app(mode: str, trust: str) -> App:
         trust=trust,  # type: ignore[arg-type]
         defaults=DEFAULTS if mode == "stamp" else {},
         edge_headers=EdgeHeaders(tenant="x-tenant-id", user="x-user-id"),
+        accept_unsigned=accept_unsigned,
     )
     app.add_middleware(OwnershipMiddleware, policy=policy, keys=KEYS)
     return App(app, seen)
@@ -480,7 +491,7 @@ def test_hostile_input_gets_the_policy_outcome(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     sink = request.getfixturevalue("event_sink") if transport == "raw+events" else None
-    app = make_app(mode, case.trust)
+    app = make_app(mode, case.trust, case.accept_unsigned)
     call = call_httpx if transport == "httpx" else call_raw
 
     response = asyncio.run(call(app.asgi, case.headers))
@@ -512,7 +523,10 @@ def test_hostile_input_gets_the_policy_outcome(
         expected.update(case.kept)
         if mode == "stamp":
             expected.update({name: DEFAULTS[name] for name in case.missing})
-            attribution = "stamped" if case.missing else "attributed"
+            # Stamping fills gaps; it does not excuse invalid input.
+            attribution = (
+                "quarantined" if case.invalid else "stamped" if case.missing else "attributed"
+            )
         else:
             attribution = "quarantined" if case.flawed else "attributed"
         assert fields == expected

@@ -595,3 +595,33 @@ def test_threaded_server_concurrent_requests(
     assert len(probe.threads) < len(cases) // 2
     assert probe.outside == [None] * 2 * (len(cases) + len(after))
     assert current() is None
+
+
+def test_a_mounted_app_with_its_own_middleware_reuses_the_outer_envelope(
+    event_sink: Any,
+) -> None:
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    inner = Flask("inner")
+
+    @inner.route("/who")
+    def who() -> Any:
+        envelope = current()
+        return jsonify(trace_id=envelope.trace_id if envelope else None)
+
+    inner.wsgi_app = OwnershipWSGIMiddleware(  # type: ignore[method-assign]
+        inner.wsgi_app,
+        policy=Policy(mode="enforce"),  # would reject on its own
+    )
+    outer = Flask("outer")
+    outer.wsgi_app = OwnershipWSGIMiddleware(  # type: ignore[method-assign]
+        DispatcherMiddleware(outer.wsgi_app, {"/sub": inner}), policy=Policy(mode="quarantine")
+    )
+    response = outer.test_client().get("/sub/who", buffered=True)
+    assert response.status_code == 200
+    [trace_id] = response.headers.getlist("x-trace-id")
+    assert response.get_json() == {"trace_id": trace_id}
+    [hop] = [e for e in event_sink.events if e["kind"] == "hop"]
+    [request] = [e for e in event_sink.events if e["kind"] == "request"]
+    assert hop["trace_id"] == request["trace_id"] == trace_id
+    assert request["route"] == "/sub/who"  # the mount's prefix, then the inner url rule

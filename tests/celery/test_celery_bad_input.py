@@ -50,7 +50,7 @@ def run_all(w: Worker) -> dict[str, Any]:
             w.app, "oc.e.node", ({"wf": wf, "label": "e"},), {QUEUE_HEADER: value}
         )
         published[case] = (wf, refused_id)
-    # Then a good one on each side, and an unsigned one (believed only where trust="all").
+    # Then a good one on each side, and an unsigned one (not believed: the workers have keys).
     good, unsigned = make_envelope("good"), make_envelope("unsigned")
     wf_good, wf_unsigned = new_wf("good"), new_wf("unsigned")
     raw_publish(
@@ -114,14 +114,12 @@ def test_valid_signed_envelope_is_accepted(worker_for: Any, config: str) -> None
 
 @pytest.mark.brokers
 @pytest.mark.parametrize("config", CONFIGS_UNDER_TEST)
-def test_unsigned_envelope_is_believed_only_without_signature_requirement(
+def test_unsigned_envelope_is_not_believed_where_keys_are_configured(
     worker_for: Any, config: str
 ) -> None:
+    # Both policies: trust="signed", and trust="all" without accept_unsigned (the default).
     w = worker_for(config)
     recs, unsigned = outcomes(w)["unsigned"]
     [env] = [r["env"] for r in recs]
-    if w.config.policy == "signed":  # trust="signed": an unsigned envelope lends nothing
-        assert set(env) == {"trace_id", "attribution"} and env["attribution"] == "quarantined"
-        assert env["trace_id"] != unsigned.trace_id
-    else:
-        assert env == unsigned.as_dict()
+    assert set(env) == {"trace_id", "attribution"} and env["attribution"] == "quarantined"
+    assert env["trace_id"] != unsigned.trace_id

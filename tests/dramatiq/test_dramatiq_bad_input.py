@@ -19,18 +19,19 @@ FORGED_ENV = envelope(owner_team="victim-team")
 SIGNED = encode_header(FORGED_ENV, Keys(signing_keys=(SIGNING_KEY,)))
 OTHER_KEY = Keys(signing_keys=(b"some-other-signing-key-000000001",))
 
-#: name -> (option value, the problem code the log line must name)
+#: name -> (option value, the problem code the log line must name). The deployments sign:
+#: an unsigned envelope is set aside as such before anything else is read from it.
 BAD: dict[str, tuple[Any, str]] = {
     "malformed": (
         "ownership.v=1,ownership.trace_id=xyz,ownership.owner_team=bad team!,junk",
-        "invalid",
+        "unsigned",
     ),
-    "oversized": ("ownership.v=1,ownership.owner_team=" + "a" * 10_000, "oversized"),
+    "oversized": ("ownership.v=1,ownership.owner_team=" + "a" * 10_000, "unsigned"),
     "forged": (SIGNED.replace("owner_team=victim-team", "owner_team=thief-team"), "bad_signature"),
     "wrong-key": (encode_header(envelope(owner_team="thief-team"), OTHER_KEY), "bad_signature"),
     "other-version": (
         encode_header(envelope(owner_team="thief-team")).replace("ownership.v=1", "ownership.v=2"),
-        "unsupported_version",
+        "unsigned",
     ),
     "not-a-string": ({"owner_team": "thief-team"}, "missing"),
     "not-ownership": ("hello, world", "missing"),
