@@ -269,10 +269,11 @@ class _Responder:
             # mode: its error middleware shows the traceback page, worth more there.
             self.status = 500
             return
+        # The same response as Starlette's own error middleware, so that installing us never
+        # changes what a client sees; the server closes the connection once the app raised.
         headers = [
             (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", str(len(_SERVER_ERROR_BODY)).encode()),
-            (b"connection", b"close"),  # servers close a connection whose app raised
         ]
         try:
             await self.send({"type": "http.response.start", "status": 500, "headers": headers})
