@@ -396,8 +396,8 @@ def _report(args: argparse.Namespace, ctx: Context) -> int:
     report = build_report(
         ctx.store(), ctx.range(), top=max(0, args.top), threshold=threshold, progress=ctx.progress
     )
-    page = render_html(report)
-    with open(args.html, "w", encoding="utf-8") as f:
+    page = render_html(report).encode("utf-8")
+    with open(args.html, "wb") as f:
         f.write(page)
     ctx.progress.done()
     share = (report.coverage.share * 100).quantize(Decimal("0.01"))

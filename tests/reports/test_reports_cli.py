@@ -147,6 +147,7 @@ def test_report_html(main_url: str, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert page.read_text().startswith("<!DOCTYPE html>")
     assert "4.83% unattributed" in result.stdout
+    assert f"({page.stat().st_size:,} bytes;" in result.stdout  # bytes on disk, not characters
     assert "most expensive requests" in result.stderr  # progress lines
 
 
