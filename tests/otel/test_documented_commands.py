@@ -63,6 +63,13 @@ SETUP = [c for c in console_commands() if c.startswith("export OTEL_")]
 ALLOW_HOSTS = command("export OWNERSHIP_CTX_ALLOW_HOSTS")
 
 
+def test_allow_hosts_is_exported_before_the_services_start() -> None:
+    # A reader types the commands in page order: an export after the start is never seen.
+    commands = console_commands()
+    start = command("opentelemetry-instrument uvicorn app:app")
+    assert commands.index(ALLOW_HOSTS) < commands.index(start)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
