@@ -47,6 +47,7 @@ from ownership_ctx.reports.timerange import (
     UsageError,
     parse_period,
     parse_range,
+    period_before,
     stamp,
 )
 from ownership_ctx.sinks.config import DEFAULT_URL, ENV_VAR, resolve_url
@@ -358,7 +359,7 @@ def _anomaly(args: argparse.Namespace, ctx: Context) -> int:
     if args.baseline:
         baseline = parse_period(args.baseline, end=current.start)
     else:
-        baseline = TimeRange(current.start - current.seconds, current.start)
+        baseline = period_before(current)
     ctx.progress("reading rollups")
     _check_team(ctx.store(), args.team, baseline, current)
     ctx.emit(anomaly(ctx.store(), args.team, baseline, current).document())

@@ -21,6 +21,7 @@ __all__ = [
     "iso_week",
     "parse_instant",
     "parse_period",
+    "period_before",
     "parse_range",
 ]
 
@@ -94,7 +95,10 @@ def parse_instant(text: str, now: float | None = None) -> float:
         return current
     relative = _RELATIVE.fullmatch(value.lower())
     if relative:
-        return current - int(relative.group(1)) * _UNIT_SECONDS[relative.group(2)]
+        try:
+            return current - int(relative.group(1)) * _UNIT_SECONDS[relative.group(2)]
+        except OverflowError:
+            raise UsageError(f"{text!r} ago is outside {_SHOWABLE}") from None
     try:
         return _epoch(dt.datetime.fromisoformat(value.replace("Z", "+00:00")))
     except ValueError:
@@ -112,12 +116,43 @@ def parse_range(
     start = parse_instant(since, current) if since else end - default_days * DAY
     if start >= end:
         raise UsageError(f"--since ({since}) must be before --until ({until or 'now'})")
-    return TimeRange.covering(start, end)
+    asked = " ".join(
+        f"{name} {value}" for name, value in (("--since", since), ("--until", until)) if value
+    )
+    return _showable(TimeRange.covering(start, end), asked or "the default range")
+
+
+#: Reports print every range as ISO dates, which have four-digit years.
+_SHOWABLE: Final = "the dates reports can show (years 1 to 9999)"
+
+
+def _showable(span: TimeRange, asked: str) -> TimeRange:
+    """``span`` if both ends can be printed as dates; else a `UsageError` naming the input."""
+    try:
+        stamp(span.start), stamp(span.end)
+    except (ValueError, OverflowError, OSError):
+        raise UsageError(f"{asked} is outside {_SHOWABLE}") from None
+    return span
+
+
+def period_before(current: TimeRange) -> TimeRange:
+    """The period as long as ``current`` that ends where it starts (anomaly's default baseline)."""
+    before = TimeRange(current.start - current.seconds, current.start)
+    return _showable(before, f"the period before {stamp(current.start)}")
 
 
 def parse_period(text: str, *, end: float | None = None, now: float | None = None) -> TimeRange:
     """An anomaly period: ``START..END`` (END exclusive), an ISO week ``2026-W02``, a month
     ``2026-01``, a day ``2026-01-05``, or a length ``7d`` ending at ``end`` (default now)."""
+    try:
+        return _showable(_period(text, end=end, now=now), f"period {text!r}")
+    except UsageError:
+        raise
+    except (ValueError, OverflowError):  # e.g. the month after 9999-12
+        raise UsageError(f"period {text!r} is outside {_SHOWABLE}") from None
+
+
+def _period(text: str, *, end: float | None, now: float | None) -> TimeRange:
     value = text.strip()
     current = time.time() if now is None else now
     if ".." in value:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from ownership_ctx.reports import TimeRange, UsageError, parse_range
-from ownership_ctx.reports.timerange import iso_week, parse_instant, parse_period, stamp
+from ownership_ctx.reports.timerange import (
+    iso_week,
+    parse_instant,
+    parse_period,
+    period_before,
+    stamp,
+)
 
 NOW = 1768485600.0 + 1234.5  # 2026-01-15T14:00:00Z plus a bit
 
@@ -37,3 +43,17 @@ def test_periods_and_weeks() -> None:
     for bad in ("2026-W60", "2026-13", "2026-01-20..2026-01-10", "soon"):
         with pytest.raises(UsageError):
             parse_period(bad)
+
+
+def test_ranges_beyond_printable_dates_are_usage_errors() -> None:
+    # Every range is printed as ISO dates (years 1..9999): anything else is bad input (exit 2).
+    for since, until in (("99999999d", None), ("9" * 400 + "d", None), (None, "9999-12-31T23:30")):
+        with pytest.raises(UsageError):
+            parse_range(since, until, now=NOW)
+    for period in ("9999-12", "99999999d", "9" * 400 + "d", "2026-01-01..9999-12-31T23:30"):
+        with pytest.raises(UsageError):
+            parse_period(period, now=NOW)
+    assert parse_period("9999-11").start == parse_instant("9999-11-01")
+    with pytest.raises(UsageError):
+        period_before(parse_period("0001-01-01"))  # anomaly's default baseline: year 0
+    assert period_before(parse_period("2026-W03")) == parse_period("2026-W02")
