@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import IO, Any, Final
 
-from ..cli import EXIT_OK, Command, Context, register
+from ..cli import EXIT_BREACHED, EXIT_OK, Command, Context, register
 from ..reports.timerange import UsageError
 
 __all__ = ["MARKER", "prepare_directory", "run"]
@@ -176,28 +176,31 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     out.write(f"traffic done in {time.perf_counter() - started:.1f} s\n")
 
     span = ["--since", f"{first:%Y-%m-%d}", "--until", f"{last:%Y-%m-%d}"]
+    anomaly = [
+        "anomaly",
+        "--team",
+        "support",
+        "--baseline",
+        f"{first:%Y-%m-%d}..{middle:%Y-%m-%d}",
+        "--current",
+        f"{middle:%Y-%m-%d}..{last:%Y-%m-%d}",
+    ]
     steps = [
         ["chargeback", "--by", "team", *span],
         ["chargeback", "--by", "team,model", *span],
         ["coverage", "--max-unattributed", "2%", *span],
         ["audit", "--sample", "80", *span],
-        [
-            "anomaly",
-            "--team",
-            "support",
-            "--baseline",
-            f"{first:%Y-%m-%d}..{middle:%Y-%m-%d}",
-            "--current",
-            f"{middle:%Y-%m-%d}..{last:%Y-%m-%d}",
-        ],
+        *([anomaly] if middle > first else []),  # one day has no two halves to compare
         ["report", "--html", str(html), *span],
     ]
     for step in steps:
         out.write(f"\n$ ownership-ctx --db {db} {' '.join(step)}\n")
         out.flush()
         code = cli(["--db", db, *step], out=out)
-        if code:
+        if code == EXIT_BREACHED:
             out.write(f"(exit code {code}: the threshold or readiness check failed, as planned)\n")
+        elif code:
+            out.write(f"(exit code {code})\n")
     out.write(
         f"\nThe HTML report: {html.resolve()}\n"
         f"Explore further: ownership-ctx --db {db} trace <a trace id from the audit>\n"
