@@ -66,6 +66,9 @@ _PG_OPTIONS: Final[dict[str, tuple[str, type]]] = {
 _OURS: Final = {*_PIPELINE_OPTIONS, *_SQLITE_OPTIONS, *_PG_OPTIONS, "spool", "spool_max_mb"}
 
 
+_KIND_NAMES: Final[dict[type, str]] = {int: "a whole number", float: "a number"}
+
+
 class _Parsed:
     __slots__ = ("params", "path", "scheme", "url")
 
@@ -86,8 +89,9 @@ class _Parsed:
                 try:
                     out[name] = kind(self.params[key])
                 except ValueError:
+                    wanted = _KIND_NAMES.get(kind, kind.__name__)
                     raise ValueError(
-                        f"sink URL: {key}={self.params[key]!r} is not a {kind.__name__}"
+                        f"sink URL: {key}={self.params[key]!r} is not {wanted}"
                     ) from None
         return out
 
