@@ -23,6 +23,7 @@ import dramatiq
 import pytest
 from dramatiq.broker import Broker
 
+from tests import proof
 from tests.dramatiq.app import (
     Actors,
     LogToRecorder,
@@ -243,3 +244,7 @@ def stub() -> Iterator[Deployment]:
     finally:
         dep.stop()
         broker.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    proof.summary(terminalreporter)  # what the property tests checked (printed once)
