@@ -71,4 +71,4 @@ bench-quick: $(STAMP)
 	done
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench-results *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench-results proof-results.json *.egg-info
