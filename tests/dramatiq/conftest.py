@@ -85,10 +85,13 @@ def _start_inprocess(dep: Deployment, threads: int = 2) -> None:
     dep._stops.append(stop)
 
 
-def _start_cli(dep: Deployment, broker_url: str, record_url: str) -> None:
+def _start_cli(
+    dep: Deployment, broker_url: str, record_url: str, extra_env: dict[str, str] | None = None
+) -> None:
     log = Path(tempfile.gettempdir()) / f"oc-dramatiq-{SESSION}-{dep.name}.log"
     env = {
         **os.environ,
+        **(extra_env or {}),
         "OC_BROKER": dep.kind,
         "OC_BROKER_URL": broker_url,
         "OC_QUEUE": dep.actors.queue,
@@ -98,7 +101,7 @@ def _start_cli(dep: Deployment, broker_url: str, record_url: str) -> None:
     }
     command = [sys.executable, "-m", "dramatiq", "tests.dramatiq.cli_app"]
     command += ["--processes", "1", "--threads", "2", "--path", str(ROOT)]
-    with log.open("wb") as out:
+    with log.open("ab") as out:
         process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
