@@ -24,6 +24,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def require_binary(binary: str) -> None:
+    """Skip without ``binary`` (fail instead when ``OWNERSHIP_CTX_REQUIRE_BROKERS=1``)."""
+    import pytest
+
+    if shutil.which(binary) is None:
+        if os.environ.get("OWNERSHIP_CTX_REQUIRE_BROKERS") == "1":
+            pytest.fail(f"{binary} is needed for the fault tests")
+        pytest.skip(f"{binary} is not installed")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

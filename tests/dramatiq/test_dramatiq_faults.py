@@ -19,7 +19,6 @@ import contextlib
 import itertools
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import time
@@ -36,9 +35,11 @@ from ownership_ctx import Envelope, bind, new_trace_id
 from tests.dramatiq.app import Recorder, declare, env_from, install, make_broker, make_rate_limiter
 from tests.dramatiq.conftest import Deployment, _start_cli
 from tests.dramatiq.helpers import SESSION, envelope, unique
-from tests.faults import RabbitNode, RedisServer, ResettingProxy, private_broker
+from tests.faults import RabbitNode, RedisServer, ResettingProxy, private_broker, require_binary
 
 pytestmark = pytest.mark.brokers
+#: Workflows per fault: 12 x ``OC_FAULT_SCALE`` (default 1; CI keeps it small).
+SCALE = int(os.environ.get("OC_FAULT_SCALE", "1"))
 _numbers = itertools.count()
 
 # A fixed mix of the property test's shapes: in flight at once, some delayed, some retried.
@@ -129,17 +130,10 @@ def _report(record_property: Any, name: str, outcome: Outcome) -> None:
 # -- deployments on a private broker ------------------------------------------------------
 
 
-def _require(binary: str) -> None:
-    if shutil.which(binary) is None:
-        if os.environ.get("OWNERSHIP_CTX_REQUIRE_BROKERS") == "1":
-            pytest.fail(f"{binary} is needed for the fault tests")
-        pytest.skip(f"{binary} is not installed")
-
-
 @pytest.fixture(scope="module", params=["redis", "rabbitmq"])
 def server(request: pytest.FixtureRequest, redis_url: str) -> Iterator[RedisServer | RabbitNode]:
     """A broker of this module's own, on its own port (restarted by the tests at will)."""
-    _require("redis-server" if request.param == "redis" else "rabbitmq-server")
+    require_binary("redis-server" if request.param == "redis" else "rabbitmq-server")
     with private_broker(request.param) as broker_server:
         yield broker_server
 
@@ -203,15 +197,15 @@ def test_broker_restarted_mid_run(
     server: RedisServer | RabbitNode, redis_url: str, record_property: Any
 ) -> None:
     with deployment_on(server, redis_url) as dep:
-        before = publish(dep, fault_flows(24))
-        dep.recorder.wait(before.rec, 5, timeout=30)  # in flight now: restart under it
+        before = publish(dep, fault_flows(12 * SCALE))
+        dep.recorder.wait(before.rec, 3, timeout=30)  # in flight now: restart under it
         server.restart(down_for=1.0)
         assert dep.process is not None and dep.process.poll() is None, "worker died"
-        after = publish(dep, fault_flows(12))  # the publisher reconnects on its own
+        after = publish(dep, fault_flows(6 * SCALE))  # the publisher reconnects on its own
 
-        during = check(dep, before, timeout=30)
+        during = check(dep, before, timeout=8)
         _report(record_property, "published before the restart", during)
-        recovered = check(dep, after, timeout=30)
+        recovered = check(dep, after, timeout=8)
         _report(record_property, "published after the restart", recovered)
         assert during.completed > 0 and recovered.completed > 0
         # What a live worker holds when its broker restarts (prefetched, delayed, acks that
@@ -220,7 +214,7 @@ def test_broker_restarted_mid_run(
         dep.stop()
         dep.start_worker()  # type: ignore[attr-defined]
         for name, run in (("before", before), ("after", after)):
-            final = check(dep, run, timeout=60)
+            final = check(dep, run, timeout=30)
             _report(record_property, f"published {name} the restart, after a worker restart", final)
             assert final.incomplete == 0, final
 
@@ -283,19 +277,19 @@ def test_connection_reset_between_publish_and_consume(
     worker_url = server.url.replace(f":{server.port}", f":{proxy.port}")
     try:
         with deployment_on(server, redis_url, worker_url=worker_url) as dep:
-            run = publish(dep, fault_flows(18))
+            run = publish(dep, fault_flows(12 * SCALE))
             # Published, mostly not consumed yet: cut every connection the worker has, twice.
             assert proxy.reset() > 0
             time.sleep(1.0)
             proxy.reset()
-            outcome = check(dep, run, timeout=30)
+            outcome = check(dep, run, timeout=8)
             _report(record_property, "reset between publish and consume", outcome)
             assert dep.process is not None and dep.process.poll() is None, "worker died"
             # Redis: a message fetched when the connection broke stays in this worker's
             # unacked set until the worker restarts (Dramatiq's design); then it completes.
             dep.stop()
             dep.start_worker()  # type: ignore[attr-defined]
-            final = check(dep, run, timeout=60)
+            final = check(dep, run, timeout=30)
             _report(record_property, "reset between publish and consume, worker restarted", final)
             # Dramatiq gives up a message whose retry it cannot enqueue (the Retries middleware
             # logs it and the message is acked): the only way work may not complete here, and
