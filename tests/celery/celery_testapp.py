@@ -182,6 +182,13 @@ def make_app(
     def reposted(self: Any, spec: dict[str, Any]) -> str:
         return slow_body(self, spec)
 
+    # Killed by its hard time limit: the prefork parent logs it (test_celery_worker_lost.py).
+    @app.task(name="oc.q.hard_limited", bind=True, shared=False, time_limit=1, max_retries=0)
+    def hard_limited(self: Any, spec: dict[str, Any]) -> str:
+        record(self, spec)
+        time.sleep(30)
+        return str(spec["label"])
+
     install(app, policy=POLICIES[policy], keys=KEYS)
     return app
 
