@@ -40,6 +40,9 @@ from tests.faults import RabbitNode, RedisServer, ResettingProxy, private_broker
 pytestmark = pytest.mark.brokers
 #: Workflows per fault: 12 x ``OC_FAULT_SCALE`` (default 1; CI keeps it small).
 SCALE = int(os.environ.get("OC_FAULT_SCALE", "1"))
+#: Brokers: both with ``OC_FAULTS_ALL=1`` (``make faults``); else redis only, to keep CI short
+#: (the other library's fault tests cover rabbitmq in CI).
+KINDS = ["redis", "rabbitmq"] if os.environ.get("OC_FAULTS_ALL") == "1" else ["redis"]
 _numbers = itertools.count()
 
 # A fixed mix of the property test's shapes: in flight at once, some delayed, some retried.
@@ -130,7 +133,7 @@ def _report(record_property: Any, name: str, outcome: Outcome) -> None:
 # -- deployments on a private broker ------------------------------------------------------
 
 
-@pytest.fixture(scope="module", params=["redis", "rabbitmq"])
+@pytest.fixture(scope="module", params=KINDS)
 def server(request: pytest.FixtureRequest, redis_url: str) -> Iterator[RedisServer | RabbitNode]:
     """A broker of this module's own, on its own port (restarted by the tests at will)."""
     require_binary("redis-server" if request.param == "redis" else "rabbitmq-server")
@@ -203,9 +206,9 @@ def test_broker_restarted_mid_run(
         assert dep.process is not None and dep.process.poll() is None, "worker died"
         after = publish(dep, fault_flows(6 * SCALE))  # the publisher reconnects on its own
 
-        during = check(dep, before, timeout=8)
+        during = check(dep, before, timeout=5)
         _report(record_property, "published before the restart", during)
-        recovered = check(dep, after, timeout=8)
+        recovered = check(dep, after, timeout=5)
         _report(record_property, "published after the restart", recovered)
         assert during.completed > 0 and recovered.completed > 0
         # What a live worker holds when its broker restarts (prefetched, delayed, acks that
@@ -214,7 +217,7 @@ def test_broker_restarted_mid_run(
         dep.stop()
         dep.start_worker()  # type: ignore[attr-defined]
         for name, run in (("before", before), ("after", after)):
-            final = check(dep, run, timeout=30)
+            final = check(dep, run, timeout=15)
             _report(record_property, f"published {name} the restart, after a worker restart", final)
             assert final.incomplete == 0, final
 
@@ -282,14 +285,14 @@ def test_connection_reset_between_publish_and_consume(
             assert proxy.reset() > 0
             time.sleep(1.0)
             proxy.reset()
-            outcome = check(dep, run, timeout=8)
+            outcome = check(dep, run, timeout=5)
             _report(record_property, "reset between publish and consume", outcome)
             assert dep.process is not None and dep.process.poll() is None, "worker died"
             # Redis: a message fetched when the connection broke stays in this worker's
             # unacked set until the worker restarts (Dramatiq's design); then it completes.
             dep.stop()
             dep.start_worker()  # type: ignore[attr-defined]
-            final = check(dep, run, timeout=30)
+            final = check(dep, run, timeout=15)
             _report(record_property, "reset between publish and consume, worker restarted", final)
             # Dramatiq gives up a message whose retry it cannot enqueue (the Retries middleware
             # logs it and the message is acked): the only way work may not complete here, and
