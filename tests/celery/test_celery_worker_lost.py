@@ -65,8 +65,12 @@ def test_killed_pool_process(
 
 
 def parent_lines(w: Any, children: set[int]) -> list[dict[str, Any]]:
-    """Log lines of the worker's main process (not of the pool processes ``children``)."""
-    return [line for line in w.log_lines() if line.get("pid") not in children]
+    """Stdlib log lines of the worker's main process (not of the pool processes ``children``)."""
+    return [
+        line
+        for line in w.log_lines()
+        if line.get("src") == "stdlib" and line.get("pid") not in children
+    ]
 
 
 @pytest.mark.brokers
