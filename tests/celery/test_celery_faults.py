@@ -215,7 +215,7 @@ def test_broker_restarted_mid_run(server: RedisServer | RabbitNode, record_prope
             failed = given_up(w)
             record_property("tasks given up for a failed publish", failed)
             for name, run in (("before", before), ("after", after)):
-                final = check(run, timeout=15)
+                final = check(run, timeout=10)
                 _report(record_property, f"published {name} the restart, worker restarted", final)
                 assert final.incomplete == 0 or failed > 0, final
 
@@ -289,7 +289,7 @@ def test_connection_reset_between_publish_and_consume(
             if outcome.incomplete:
                 failed = given_up(w)
                 _restart(w)  # unacked work comes back to the next worker
-                outcome = check(run, timeout=15)
+                outcome = check(run, timeout=10)
                 _report(record_property, "reset, worker restarted", outcome)
                 assert outcome.incomplete == 0 or failed > 0, outcome
     finally:
@@ -309,7 +309,7 @@ def test_pool_processes_replaced_after_every_task(worker_for: Any, record_proper
         w.wait_ready()
 
         @settings(
-            max_examples=3 * SCALE,
+            max_examples=2 * SCALE,
             deadline=None,
             phases=[Phase.explicit, Phase.generate],
             suppress_health_check=list(HealthCheck),

@@ -217,7 +217,7 @@ def test_broker_restarted_mid_run(
         dep.stop()
         dep.start_worker()  # type: ignore[attr-defined]
         for name, run in (("before", before), ("after", after)):
-            final = check(dep, run, timeout=15)
+            final = check(dep, run, timeout=10)
             _report(record_property, f"published {name} the restart, after a worker restart", final)
             assert final.incomplete == 0, final
 
@@ -292,7 +292,7 @@ def test_connection_reset_between_publish_and_consume(
             # unacked set until the worker restarts (Dramatiq's design); then it completes.
             dep.stop()
             dep.start_worker()  # type: ignore[attr-defined]
-            final = check(dep, run, timeout=15)
+            final = check(dep, run, timeout=10)
             _report(record_property, "reset between publish and consume, worker restarted", final)
             # Dramatiq gives up a message whose retry it cannot enqueue (the Retries middleware
             # logs it and the message is acked): the only way work may not complete here, and
