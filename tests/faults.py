@@ -249,7 +249,7 @@ class ResettingProxy:
                     if not data:
                         return
                     peers[sock].sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # reset under us: the socket is closed or gone
             return
         finally:
             for sock in (a, b):

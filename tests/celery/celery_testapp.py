@@ -93,6 +93,10 @@ def make_app(
     )
     if os.environ.get("OC_VISIBILITY_TIMEOUT"):  # Redis: unacked messages come back this soon
         app.conf.broker_transport_options = fast_restore(float(os.environ["OC_VISIBILITY_TIMEOUT"]))
+    if os.environ.get("OC_CONFIRM_PUBLISH") == "1":
+        # RabbitMQ: a publish returns once the broker has the message, not once it is written
+        # to a socket that a reset may then drop (retries, children, chain links are not lost).
+        app.conf.broker_transport_options = {"confirm_publish": True}
 
     def record(task: Any, spec: Mapping[str, Any], **extra: Any) -> None:
         envelope = current()

@@ -164,14 +164,18 @@ def worker_on(
     config = Config(f"fault-{kind}-{next(_numbers)}", kind, "redis", pool, 2)
     workdir = Path(tempfile.mkdtemp(prefix=f"oc-celery-fault-{SESSION}-"))
     # Redis: a message a dead worker had not acked is delivered again after this long.
+    # RabbitMQ: publisher confirms (without them a reset can drop a publish unnoticed).
+    base = {"OC_CONFIRM_PUBLISH": "1"} if kind == "rabbitmq" else {"OC_VISIBILITY_TIMEOUT": "3"}
     w = Worker(
         config,
         workdir,
         broker_url=server.url,
         worker_broker_url=worker_url,
-        env={"OC_VISIBILITY_TIMEOUT": "3", **(env or {})},
+        env={**base, **(env or {})},
     )
-    w.app.conf.broker_transport_options = celery_testapp.fast_restore(3)
+    w.app.conf.broker_transport_options = (
+        {"confirm_publish": True} if kind == "rabbitmq" else celery_testapp.fast_restore(3)
+    )
     w.start()
     w.wait_ready()
     try:
