@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps demo demo-edge test lint typecheck bench bench-quick bench-10m property-long clean
+.PHONY: install system-deps demo demo-edge test lint typecheck bench bench-quick bench-10m property-long proof faults clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,20 @@ property-long: $(STAMP)
 	OC_CELERY_PROPERTY_EXAMPLES=200 $(PY) -m pytest tests/test_codec_properties.py \
 	  tests/dramatiq/test_dramatiq_property.py tests/celery/test_celery_property.py
 
+# Proof at scale (docs/proof-at-scale.md): per queue library and broker, random workflows until
+# PROOF_WORKFLOWS were checked with zero lost and zero leaked; prints the table, writes proof-results.json.
+PROOF_WORKFLOWS ?= 1000
+proof: $(STAMP)
+	OWNERSHIP_CTX_REQUIRE_BROKERS=1 OC_PROOF_WORKFLOWS=$(PROOF_WORKFLOWS) \
+	OC_PROOF_REPORT=proof-results.json $(PY) -m pytest -p no:cacheprovider \
+	  tests/dramatiq/test_dramatiq_property.py tests/celery/test_celery_property.py
+
+# Every fault test on both brokers, with OC_FAULT_SCALE times the workflows (CI: one broker each).
+FAULT_SCALE ?= 3
+faults: $(STAMP)
+	OWNERSHIP_CTX_REQUIRE_BROKERS=1 OC_FAULTS_ALL=1 OC_FAULT_SCALE=$(FAULT_SCALE) $(PY) -m pytest \
+	  -p no:cacheprovider -rA tests/dramatiq/test_dramatiq_faults.py tests/celery/test_celery_faults.py
+
 bench-quick: $(STAMP)
 	@mkdir -p bench-results
 	@for b in benchmarks/*.py; do \
@@ -63,4 +77,4 @@ bench-quick: $(STAMP)
 	done
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench-results *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench-results proof-results.json *.egg-info

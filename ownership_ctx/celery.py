@@ -43,8 +43,9 @@ from collections.abc import Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Final
 
 from . import events
-from .codec import QUEUE_HEADER, TRACEPARENT_HEADER
-from .context import current
+from .codec import QUEUE_HEADER, TRACEPARENT_HEADER, decode_header
+from .context import bind, current
+from .envelope import Envelope
 from .gate import Entry, Gate
 from .hashing import Keys
 from .policy import Policy
@@ -303,6 +304,50 @@ def _patch_build_tracer() -> None:
     consumer.build_tracer = build_tracer
 
 
+def _patch_worker_request() -> None:
+    """Bind the envelope of the task a worker's main process is handling while it logs about it.
+
+    With a prefork pool, a task whose child died (``WorkerLostError``) or ran past its hard
+    time limit is handled in the parent, outside the tracer: ``Request.on_failure`` and
+    ``Request.on_timeout`` log the lines an operator reads after a crash. They get the
+    envelope the message carries (decoded and verified with the task's keys, no policy
+    applied, no hop event: the unit of work was admitted in the child). Nothing is bound when
+    the message carries no valid envelope or one is bound already.
+    """
+    request_module: Any = importlib.import_module("celery.worker.request")
+    request_cls = request_module.Request
+    if getattr(request_cls.on_failure, "_ownership_ctx", False):
+        return
+
+    def about_task(method: Callable[..., Any]) -> Callable[..., Any]:
+        def handler(self: Any, *args: Any, **kwargs: Any) -> Any:
+            envelope = None if current() is not None else _envelope_of_request(self)
+            if envelope is None:
+                return method(self, *args, **kwargs)
+            with bind(envelope):
+                return method(self, *args, **kwargs)
+
+        handler._ownership_ctx = True  # type: ignore[attr-defined]
+        handler.__wrapped__ = method  # type: ignore[attr-defined]
+        return handler
+
+    request_cls.on_failure = about_task(request_cls.on_failure)
+    request_cls.on_timeout = about_task(request_cls.on_timeout)
+
+
+def _envelope_of_request(request: Any) -> Envelope | None:
+    """The valid envelope in a worker ``Request``'s message, else None (never raises)."""
+    try:
+        hooks = _hooks_for_task(request.task)
+        if hooks is None:
+            return None
+        value = _carrier(request.name, request._request_dict).get(QUEUE_HEADER)
+        envelope, problems = decode_header(value, hooks.gate.keys)
+        return envelope if envelope is not None and not problems else None
+    except Exception:  # a log line must never fail because of us
+        return None
+
+
 def install(app: Celery, *, policy: Policy | None = None, keys: Keys | None = None) -> CeleryHooks:
     """Carry the envelope through every message of ``app`` and bind it in its workers.
 
@@ -316,6 +361,7 @@ def install(app: Celery, *, policy: Policy | None = None, keys: Keys | None = No
     gate = Gate(policy, keys)
     with _lock:
         _patch_build_tracer()
+        _patch_worker_request()
         hooks = _hooks.pop(app, None)
         if hooks is None:
             hooks = CeleryHooks(app, gate)

@@ -82,12 +82,25 @@ def _answers(url: str) -> bool:
 class Worker:
     """One worker subprocess and the test process's app for the same queue."""
 
-    def __init__(self, config: Config, workdir: Path) -> None:
+    def __init__(
+        self,
+        config: Config,
+        workdir: Path,
+        *,
+        broker_url: str | None = None,
+        worker_broker_url: str | None = None,
+        worker_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``broker_url``: another broker than the shared one (the fault tests' own);
+        ``worker_broker_url``: the worker's way to it (through a proxy); ``worker_args`` and
+        ``env``: more for the worker's command line and environment."""
         self.config = config
         self.log_path = workdir / f"{config.name}.log"
         self.out_path = workdir / f"{config.name}.out"
         self.ready_path = workdir / f"{config.name}.ready"
-        broker = REDIS_DB if config.broker == "redis" else RABBIT
+        broker = broker_url or (REDIS_DB if config.broker == "redis" else RABBIT)
+        self.worker_args, self.env = worker_args, dict(env or {})
         backend = {
             "redis": REDIS_DB,
             "rpc": "rpc://",
@@ -104,7 +117,10 @@ class Worker:
             "OC_LOG": str(self.log_path),
             "OC_READY": str(self.ready_path),
             "OC_OTEL": "1" if config.otel else "0",
+            **self.env,
         }
+        if worker_broker_url:
+            self.settings["OC_BROKER"] = worker_broker_url
         self.app = celery_testapp.make_app(
             broker=broker,
             backend=backend,
@@ -117,6 +133,7 @@ class Worker:
         self.results: dict[str, Any] = {}  # scenario outcomes by test module, filled once
 
     def start(self) -> None:
+        self.ready_path.unlink(missing_ok=True)
         env = {
             **os.environ,
             **self.settings,
@@ -143,8 +160,9 @@ class Worker:
             "--without-gossip",
             "--without-mingle",
             "--without-heartbeat",
+            *self.worker_args,
         ]
-        with open(self.out_path, "wb") as out:
+        with open(self.out_path, "ab") as out:
             self.proc = subprocess.Popen(
                 command,
                 cwd=HERE,

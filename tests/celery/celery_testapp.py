@@ -13,13 +13,14 @@ import logging
 import os
 import time
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 import redis
 import structlog
 from celery import Celery, signals
 
-from ownership_ctx import Keys, Policy, Rule, current
+from ownership_ctx import Keys, Policy, Rule, current, metering
 from ownership_ctx.celery import install
 from ownership_ctx.logs import OwnershipLogFilter, add_ownership
 
@@ -58,6 +59,16 @@ def _client(url: str) -> redis.Redis:
     return _redis[1]
 
 
+def fast_restore(visibility_timeout: float) -> dict[str, float]:
+    """Redis transport options: unacked messages are restored after ``visibility_timeout``
+    seconds, swept for every second (kombu's defaults: an hour, every 100 s)."""
+    return {
+        "visibility_timeout": visibility_timeout,
+        "unacked_restore_interval": 1,
+        "unacked_restore_throttle": 1,
+    }
+
+
 def make_app(
     *,
     broker: str,
@@ -80,6 +91,12 @@ def make_app(
         worker_redirect_stdouts=False,
         worker_deduplicate_successful_tasks=False,
     )
+    if os.environ.get("OC_VISIBILITY_TIMEOUT"):  # Redis: unacked messages come back this soon
+        app.conf.broker_transport_options = fast_restore(float(os.environ["OC_VISIBILITY_TIMEOUT"]))
+    if os.environ.get("OC_CONFIRM_PUBLISH") == "1":
+        # RabbitMQ: a publish returns once the broker has the message, not once it is written
+        # to a socket that a reset may then drop (retries, children, chain links are not lost).
+        app.conf.broker_transport_options = {"confirm_publish": True}
 
     def record(task: Any, spec: Mapping[str, Any], **extra: Any) -> None:
         envelope = current()
@@ -145,6 +162,9 @@ def make_app(
         # The first execution hangs until the test kills the pool process running it.
         first = _client(records_url).set(spec["flag"], "1", nx=True, ex=600)
         record(task, spec, first=bool(first))
+        if spec.get("metered"):  # the fault tests count these events in the store
+            usage = {"input_tokens": 10, "output_tokens": 2}
+            metering.record_call(provider="fake", model="fake-1", usage=usage, cost=Decimal("0.01"))
         if first:
             time.sleep(60)
         return str(spec["label"])
@@ -166,7 +186,15 @@ def make_app(
     def reposted(self: Any, spec: dict[str, Any]) -> str:
         return slow_body(self, spec)
 
-    install(app, policy=POLICIES[policy], keys=KEYS)
+    # Killed by its hard time limit: the prefork parent logs it (test_celery_worker_lost.py).
+    @app.task(name="oc.q.hard_limited", bind=True, shared=False, time_limit=1, max_retries=0)
+    def hard_limited(self: Any, spec: dict[str, Any]) -> str:
+        record(self, spec)
+        time.sleep(30)
+        return str(spec["label"])
+
+    if os.environ.get("OC_HOOKS", "1") == "1":  # 0: the same app without ownership_ctx
+        install(app, policy=POLICIES[policy], keys=KEYS)
     return app
 
 
@@ -225,6 +253,10 @@ if os.environ.get("OC_QUEUE"):  # loaded by a worker started by conftest.py
         policy=os.environ.get("OC_POLICY", "main"),
     )
     _worker_logging(os.environ["OC_LOG"])
+    if os.environ.get("OC_SINK_URL"):  # the fault tests read the events back from this store
+        from ownership_ctx import sinks
+
+        sinks.install(os.environ["OC_SINK_URL"])
     if os.environ.get("OC_OTEL") == "1":
         signals.worker_process_init.connect(lambda **_: _otel(), weak=False)
 

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import redis
 
+from tests import proof
+
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))  # the worker imports these modules by name too
@@ -43,3 +45,7 @@ def worker_for(request: pytest.FixtureRequest, farm: Farm) -> Any:
         return farm.get(name)
 
     return get
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    proof.summary(terminalreporter)  # what the property tests checked (printed once)

@@ -4,7 +4,8 @@ Each example publishes a batch of workflows at once (nested canvases, retries, c
 spawned children), each under its own random envelope or none, so they interleave on the
 worker. Every execution must have seen exactly its workflow's envelope; a workflow published
 with none must never see anybody's owner. ``OC_CELERY_PROPERTY_EXAMPLES`` sets the number of
-examples per broker (default 6; e.g. 200 for a long run).
+examples per broker (default 6; e.g. 200 for a long run); ``OC_PROOF_WORKFLOWS`` keeps drawing
+examples until that many workflows were checked per broker (``make proof``).
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from typing import Any
 
 import pytest
 from celery import chain, chord, group
-from celery_support import Worker, make_envelope, new_wf, wait_records
+from celery_support import Worker, make_envelope, new_wf, records, wait_records
 from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 
 from ownership_ctx import bind
+from tests import proof
 
 EXAMPLES = int(os.environ.get("OC_CELERY_PROPERTY_EXAMPLES", "6"))
 _labels = itertools.count()
@@ -77,6 +79,20 @@ def build(w: Worker, wf: str, canvas: Any) -> tuple[Any, int]:
     return chord([p for p, _ in parts], node.si(body)), count + n
 
 
+def test_publishes(canvas: Any) -> int:
+    """Messages the test process itself publishes for ``canvas``; workers publish the rest
+    (retries, spawned children, chain links, chord bodies)."""
+    kind = canvas[0]
+    if kind == "task":
+        return 1
+    if kind == "chain":
+        return test_publishes(canvas[1][0])
+    return sum(test_publishes(c) for c in canvas[1])  # group members, chord header
+
+
+test_publishes.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
 def run_workflows(w: Worker, batch: list[tuple[Any, bool]]) -> None:
     expected, envs = {}, {}
     for i, (canvas, with_envelope) in enumerate(batch):
@@ -87,10 +103,32 @@ def run_workflows(w: Worker, batch: list[tuple[Any, bool]]) -> None:
             signature.apply_async()
         expected[wf], envs[wf] = count, env
         note(f"{wf}: {canvas} envelope={with_envelope} executions={count}")
-    got = wait_records(expected)
+    try:
+        got = wait_records(expected)
+    except AssertionError:  # counted as lost below
+        got = {}
+        for r in records(set(expected)):
+            got.setdefault(r["wf"], []).append(r)
+    got = {wf: got.get(wf, []) for wf in expected}
+    proof.record(
+        "celery",
+        w.config.name,
+        workflows=len(batch),
+        unowned=sum(not with_envelope for _, with_envelope in batch),
+        executions=sum(len(recs) for recs in got.values()),
+        worker_hops=sum(len(got[wf]) for wf in expected)
+        - sum(test_publishes(canvas) for canvas, _ in batch),
+        lost=sum(max(0, n - len(got[wf])) for wf, n in expected.items()),
+        leaked=sum(
+            r["env"] != env.as_dict()
+            for wf, env in envs.items()
+            if env is not None
+            for r in got[wf]
+        ),
+    )
     traces = {env.trace_id for env in envs.values() if env is not None}
     for wf, env in envs.items():
-        recs = got.get(wf, [])
+        recs = got[wf]
         assert len(recs) == expected[wf], f"{wf}: lost or duplicated executions"
         for r in recs:
             if env is not None:
@@ -118,4 +156,7 @@ def test_random_workflows_zero_lost_zero_leaked(worker_for: Any, config: str) ->
         run_workflows(w, batch)
 
     check()
+    # `make proof`: fresh random examples until this worker has checked its target.
+    while proof.tally("celery", config).workflows < proof.target():
+        check()
     assert w.alive()

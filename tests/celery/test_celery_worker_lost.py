@@ -53,4 +53,42 @@ def test_killed_pool_process(
     assert [r["env"] for r in recs] == [env.as_dict(), env.as_dict()]
     if task == "oc.q.reposted":
         assert [r["try"] for r in recs] == [0, 1]  # a new message, published by the parent
+    # What the worker's main process logged about the lost child names its task's owner.
+    lost = [
+        line
+        for line in parent_lines(w, {r["pid"] for r in recs})
+        if "WorkerLostError" in line["msg"] or "exited prematurely" in line["msg"]
+    ]
+    assert all(line["trace_id"] is not None for line in lost), lost
+    assert any(line["trace_id"] == env.trace_id for line in lost), lost
+    assert w.alive()
+
+
+def parent_lines(w: Any, children: set[int]) -> list[dict[str, Any]]:
+    """Stdlib log lines of the worker's main process (not of the pool processes ``children``)."""
+    return [
+        line
+        for line in w.log_lines()
+        if line.get("src") == "stdlib" and line.get("pid") not in children
+    ]
+
+
+@pytest.mark.brokers
+def test_hard_time_limit_line_carries_the_envelope(worker_for: Any) -> None:
+    w = worker_for("redis-prefork")
+    wf, env = new_wf("hard-limit"), make_envelope("hard-limit")
+    with bind(env):
+        result = w.app.tasks["oc.q.hard_limited"].apply_async(({"wf": wf, "label": "a"},))
+    child = wait_records({wf: 1})[wf][0]["pid"]
+    deadline = time.monotonic() + 30
+    while True:
+        lines = [line for line in parent_lines(w, {child}) if result.id in line["msg"]]
+        hard = [line for line in lines if line["msg"].startswith("Hard time limit")]
+        if hard or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert hard, lines
+    assert [(line["trace_id"], line["owner_team"]) for line in hard] == [
+        (env.trace_id, env.owner_team)
+    ]
     assert w.alive()

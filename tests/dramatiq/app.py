@@ -15,6 +15,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import dramatiq
@@ -23,7 +24,7 @@ from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import CurrentMessage, GroupCallbacks, SkipMessage
 from dramatiq.rate_limits import RateLimiterBackend
 
-from ownership_ctx import Envelope, Keys, Policy, Rule, current
+from ownership_ctx import Envelope, Keys, Policy, Rule, current, metering
 from ownership_ctx.dramatiq import OwnershipMiddleware
 from ownership_ctx.logs import OwnershipLogFilter, add_ownership
 
@@ -98,6 +99,16 @@ class Recorder:
                 assert len(records) >= count, f"{len(records)} of {count} records in {key}"
                 return records
             time.sleep(0.02)
+
+    def first(self, flag: str) -> bool:
+        """True for the first caller with ``flag`` (across processes when in Redis)."""
+        if self.url is None:
+            with self._lock:
+                if flag in self._memory:
+                    return False
+                self._memory[flag].append("1")
+                return True
+        return bool(self._redis.set(flag, "1", nx=True, ex=600))
 
     def delete(self, pattern: str) -> None:
         if self.url is None:
@@ -195,6 +206,7 @@ class Actors:
     strict: Any
     stamped: Any
     skipped: Any
+    hang_once: Any
 
 
 def install(
@@ -306,6 +318,18 @@ def declare(broker: Broker, queue: str, recorder: Recorder, log_key: str = "") -
     def oc_skipped(rec: str, tag: str, node: str) -> None:
         record(rec, tag, "oc_skipped", node)  # never runs: SkipOnRequest skips it
 
+    # The fault tests kill the worker while the first delivery hangs here (received, not
+    # acked); a redelivery records again and returns. Both report a provider call.
+    @actor(max_retries=0)
+    def oc_hang_once(rec: str, tag: str, node: str, flag: str) -> None:
+        first = recorder.first(flag)
+        record(rec, tag, "oc_hang_once" if first else "oc_hang_once-again", node)
+        usage = {"input_tokens": 10, "output_tokens": 2}
+        metering.record_call(provider="fake", model="fake-1", usage=usage, cost=Decimal("0.01"))
+        deadline = time.monotonic() + (60 if first else 0)
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+
     return Actors(
         broker=broker,
         queue=queue,
@@ -322,14 +346,25 @@ def declare(broker: Broker, queue: str, recorder: Recorder, log_key: str = "") -
         strict=oc_strict,
         stamped=oc_stamped,
         skipped=oc_skipped,
+        hang_once=oc_hang_once,
     )
 
 
-def make_broker(kind: str, url: str) -> Broker:
+def make_broker(kind: str, url: str, **options: Any) -> Broker:
+    """A broker of ``kind``; ``options`` go to a RedisBroker (e.g. ``heartbeat_timeout``;
+    ``reconnect_attempts``: redis-py retries a command that lost its connection)."""
     if kind == "redis":
         from dramatiq.brokers.redis import RedisBroker
 
-        return RedisBroker(url=url)
+        attempts = options.pop("reconnect_attempts", 0)
+        if attempts:
+            from redis.backoff import ExponentialBackoff
+            from redis.exceptions import ConnectionError as RedisConnectionError
+            from redis.retry import Retry
+
+            options["retry"] = Retry(ExponentialBackoff(cap=1.0, base=0.05), attempts)
+            options["retry_on_error"] = [RedisConnectionError]
+        return RedisBroker(url=url, **options)
     if kind == "rabbitmq":
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 

@@ -1,11 +1,13 @@
 """The broker module a `dramatiq` worker subprocess loads (``dramatiq tests.dramatiq.cli_app``).
 
-Configured by the environment the test sets: broker kind and URL, queue, recorder URL and the
-list that log lines go to. It declares the same actors and middleware as the in-process worker.
+Configured by the environment the test sets: broker kind, URL and options, queue, recorder URL,
+the list that log lines go to and, optionally, the event store (``OC_SINK_URL``). It declares
+the same actors and middleware as the in-process worker.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -22,7 +24,12 @@ from tests.dramatiq.app import (
 
 recorder = Recorder(os.environ["OC_RECORD_URL"])
 log_key = os.environ["OC_LOG_KEY"]
-broker = make_broker(os.environ["OC_BROKER"], os.environ["OC_BROKER_URL"])
+if os.environ.get("OC_SINK_URL"):  # the fault tests read the events back from this store
+    from ownership_ctx import sinks
+
+    sinks.install(os.environ["OC_SINK_URL"])
+options = json.loads(os.environ.get("OC_BROKER_OPTIONS") or "{}")
+broker = make_broker(os.environ["OC_BROKER"], os.environ["OC_BROKER_URL"], **options)
 install(broker, recorder=recorder, rate_limiter=make_rate_limiter(os.environ["OC_RECORD_URL"]))
 dramatiq.set_broker(broker)
 actors = declare(broker, os.environ["OC_QUEUE"], recorder, log_key)

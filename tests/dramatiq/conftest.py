@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import dramatiq
 import pytest
 from dramatiq.broker import Broker
 
+from tests import proof
 from tests.dramatiq.app import (
     Actors,
     LogToRecorder,
@@ -83,10 +85,13 @@ def _start_inprocess(dep: Deployment, threads: int = 2) -> None:
     dep._stops.append(stop)
 
 
-def _start_cli(dep: Deployment, broker_url: str, record_url: str) -> None:
+def _start_cli(
+    dep: Deployment, broker_url: str, record_url: str, extra_env: dict[str, str] | None = None
+) -> None:
     log = Path(tempfile.gettempdir()) / f"oc-dramatiq-{SESSION}-{dep.name}.log"
     env = {
         **os.environ,
+        **(extra_env or {}),
         "OC_BROKER": dep.kind,
         "OC_BROKER_URL": broker_url,
         "OC_QUEUE": dep.actors.queue,
@@ -96,7 +101,7 @@ def _start_cli(dep: Deployment, broker_url: str, record_url: str) -> None:
     }
     command = [sys.executable, "-m", "dramatiq", "tests.dramatiq.cli_app"]
     command += ["--processes", "1", "--threads", "2", "--path", str(ROOT)]
-    with log.open("wb") as out:
+    with log.open("ab") as out:
         process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -122,16 +127,67 @@ def _start_cli(dep: Deployment, broker_url: str, record_url: str) -> None:
         raise AssertionError(message) from None
 
 
+def _delete_rabbitmq_queues(broker: Broker, names: tuple[str, ...], attempts: int = 3) -> None:
+    """Delete ``names`` through a connection of their own, opened now and closed right after.
+
+    The broker's own per-thread connection may have sat idle for minutes (other tests ran)
+    and been reset by RabbitMQ for missed heartbeats; a fresh one does not inherit that.
+    """
+    import pika
+    import pika.exceptions
+
+    parameters = broker.parameters  # type: ignore[attr-defined]
+    for attempt in range(1, attempts + 1):
+        try:
+            connection = pika.BlockingConnection(parameters)
+        except pika.exceptions.AMQPConnectionError:
+            if attempt == attempts:
+                raise
+            time.sleep(0.5 * attempt)
+            continue
+        try:
+            channel = connection.channel()
+            for name in names:
+                channel.queue_delete(name)
+            return
+        except pika.exceptions.AMQPError:
+            if attempt == attempts:
+                raise
+        finally:
+            if connection.is_open:
+                connection.close()
+
+
+def release_connections(broker: Broker) -> None:
+    """Close this thread's connection of ``broker``: the next send opens a fresh one.
+
+    Connections are opened when needed and closed when a test is done with them, so none sits
+    idle past its heartbeat timeout between tests (RabbitMQ resets those).
+    """
+    if hasattr(broker, "state"):  # RabbitmqBroker: one connection per thread
+        del broker.connection  # type: ignore[attr-defined]
+
+
 def _cleanup_broker(kind: str, broker: Broker, queue: str, recorder: Recorder) -> None:
     try:
         if kind == "rabbitmq":
-            channel = broker.channel  # type: ignore[attr-defined]
-            for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
-                channel.queue_delete(name)
+            _delete_rabbitmq_queues(broker, (queue, f"{queue}.DQ", f"{queue}.XQ"))
         elif kind == "redis":
             recorder.delete(f"dramatiq:{queue}*")
     finally:
         broker.close()
+
+
+_LIVE_BROKERS: list[Broker] = []
+
+
+@pytest.fixture(autouse=True)
+def _release_publisher_connections() -> Iterator[None]:
+    """After each test, the test thread's broker connections are closed (see
+    `release_connections`)."""
+    yield
+    for broker in _LIVE_BROKERS:
+        release_connections(broker)
 
 
 @pytest.fixture(scope="session", params=DEPLOYMENTS)
@@ -159,6 +215,7 @@ def deployment(request: pytest.FixtureRequest) -> Iterator[Deployment]:
         recorder=recorder,
         log_key=log_key,
     )
+    _LIVE_BROKERS.extend((broker, plain_broker))
     try:
         if mode == "inproc":
             _start_inprocess(dep)
@@ -166,6 +223,8 @@ def deployment(request: pytest.FixtureRequest) -> Iterator[Deployment]:
             _start_cli(dep, broker_url, record_url)
         yield dep
     finally:
+        _LIVE_BROKERS.remove(broker)
+        _LIVE_BROKERS.remove(plain_broker)
         dep.stop()
         plain_broker.close()
         _cleanup_broker(kind, broker, queue, recorder)
@@ -188,3 +247,7 @@ def stub() -> Iterator[Deployment]:
     finally:
         dep.stop()
         broker.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    proof.summary(terminalreporter)  # what the property tests checked (printed once)

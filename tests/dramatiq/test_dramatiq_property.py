@@ -6,11 +6,13 @@ or none, runs them concurrently on a Redis and a RabbitMQ worker, and checks: ze
 execution happened and saw its envelope), zero leaked (nobody saw another workflow's).
 
 ``OWNERSHIP_CTX_DRAMATIQ_EXAMPLES`` sets the number of examples per broker (default 10; e.g.
-200 for a long run).
+200 for a long run); ``OC_PROOF_WORKFLOWS`` keeps drawing examples until that many workflows
+were checked per broker (``make proof``, see docs/proof-at-scale.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import Counter
@@ -18,10 +20,11 @@ from typing import Any
 
 import dramatiq
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from ownership_ctx import Envelope, bind, new_trace_id
+from tests import proof
 from tests.dramatiq.app import env_from
 from tests.dramatiq.conftest import Deployment
 from tests.dramatiq.helpers import unique
@@ -104,14 +107,12 @@ def _expected(values: dict[str, Any], trace_id: str) -> Envelope:
     return env
 
 
-@pytest.mark.parametrize("deployment", ["redis-inproc", "rabbitmq-inproc"], indirect=True)
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
-@given(flows=workflows)
-def test_random_workflows_zero_lost_zero_leaked(
+def _test_publishes(shape: tuple[Any, ...]) -> int:
+    """Messages the test process itself publishes for ``shape`` (the rest come from workers)."""
+    return len(shape[1]) if shape[0] == "group" else 1
+
+
+def run_workflows(
     deployment: Deployment, flows: list[tuple[dict[str, Any] | None, tuple[Any, ...]]]
 ) -> None:
     rec = unique("property")
@@ -126,11 +127,28 @@ def test_random_workflows_zero_lost_zero_leaked(
             expected[tag] = _expected(values, new_trace_id())
             with bind(Envelope(trace_id=expected[tag].trace_id, **values)):  # type: ignore[union-attr]
                 counts[tag] = _start(deployment, rec, tag, shape)
-    records = deployment.recorder.wait(rec, sum(counts.values()), timeout=30)
+    with contextlib.suppress(AssertionError):  # what is missing is counted as lost below
+        deployment.recorder.wait(rec, sum(counts.values()), timeout=30)
     time.sleep(0.2)  # anything extra (a duplicate, a stray) shows up too
     records = deployment.recorder.read(rec)
+    got = Counter(r["tag"] for r in records)
+    wrong = [
+        r
+        for r in records
+        if expected[r["tag"]] is not None and env_from(r["env"]) != expected[r["tag"]]
+    ]
+    proof.record(
+        "dramatiq",
+        deployment.name,
+        workflows=len(flows),
+        unowned=sum(values is None for values, _ in flows),
+        executions=len(records),
+        worker_hops=len(records) - sum(_test_publishes(shape) for _, shape in flows),
+        lost=sum((counts - got).values()),
+        leaked=len(wrong),
+    )
 
-    assert Counter(r["tag"] for r in records) == counts  # zero lost, nothing extra
+    assert got == counts  # zero lost, nothing extra
     enveloped = {e.trace_id for e in expected.values() if e is not None}
     traces_of_bare: dict[str, set[str]] = {}
     for record in records:
@@ -146,7 +164,25 @@ def test_random_workflows_zero_lost_zero_leaked(
     for tag, traces in traces_of_bare.items():
         shape = flows[int(tag[1:])][1]
         # One publish, one trace; only a group's members are published one by one.
-        limit = len(shape[1]) if shape[0] == "group" else 1
-        assert len(traces) <= limit, (tag, shape, traces)
+        assert len(traces) <= _test_publishes(shape), (tag, shape, traces)
     all_bare = [t for traces in traces_of_bare.values() for t in traces]
     assert len(all_bare) == len(set(all_bare))  # no trace shared between two workflows
+
+
+@pytest.mark.parametrize("deployment", ["redis-inproc", "rabbitmq-inproc"], indirect=True)
+def test_random_workflows_zero_lost_zero_leaked(deployment: Deployment) -> None:
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        phases=[Phase.explicit, Phase.generate],  # no shrinking against a live worker
+        suppress_health_check=list(HealthCheck),
+        database=None,
+    )
+    @given(flows=workflows)
+    def check(flows: list[tuple[dict[str, Any] | None, tuple[Any, ...]]]) -> None:
+        run_workflows(deployment, flows)
+
+    check()
+    # `make proof`: fresh random examples until this deployment has checked its target.
+    while proof.tally("dramatiq", deployment.name).workflows < proof.target():
+        check()
