@@ -28,7 +28,7 @@ import functools
 import logging
 import os
 import re
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Final
 from urllib.parse import unquote
 
@@ -63,10 +63,12 @@ __all__ = [
     "merge_baggage",
     "new_trace_id",
     "parse",
+    "put_baggage",
     "signature_problem",
     "split_trace_id",
     "split_volatile",
     "trace_id_from_traceparent",
+    "unattributed_encoder",
     "verifies_volatile",
 ]
 
@@ -363,13 +365,36 @@ def encode_header(envelope: Envelope, keys: Keys | None = None) -> str:
     return _encode_header_cached(envelope, keys)
 
 
-@functools.lru_cache(maxsize=512)
-def _encode_header_cached(envelope: Envelope, keys: Keys | None) -> str:
+def _encode_header(envelope: Envelope, keys: Keys | None) -> str:
     entries = entries_of(envelope)
     text = ",".join(f"{PREFIX}{k}={v}" for k, v in entries.items())
     if keys is not None and keys.signing_keys:
         text += f",{PREFIX}sig={keys.sign(entries)}"
     return text
+
+
+_encode_header_cached = functools.lru_cache(maxsize=512)(_encode_header)
+_NO_TRACE_ID: Final = "0" * 32  # a placeholder: no other entry holds 32 zeros
+
+
+def unattributed_encoder(keys: Keys | None) -> Callable[[str], str]:
+    """``trace_id -> encode_header(<a fresh unattributed envelope with that trace id>, keys)``,
+    with all that does not depend on the trace id (the text around it, the signed text around
+    it) computed once: what every enqueue with nothing bound writes. The signature is still
+    computed per trace id. Bypasses the encoder's cache, where each such envelope, used once,
+    would only push out envelopes that are used again."""
+    template = _assemble(_NO_TRACE_ID, {}, (), "unattributed")
+    head, _, tail = _encode_header(template, None).partition(_NO_TRACE_ID)
+    if keys is None or not keys.signing_keys:
+        return lambda trace_id: f"{head}{trace_id}{tail}"
+    before, after = signed_text_around(entries_of(template), "trace_id")
+    tail += f",{PREFIX}sig="
+    sign = keys.sign_signed_text
+
+    def encoded(trace_id: str) -> str:
+        return f"{head}{trace_id}{tail}{sign(before + value_text(trace_id) + after)}"
+
+    return encoded
 
 
 def decode_header(
@@ -387,7 +412,11 @@ def encode(
     Ours always go in; see `merge_baggage` for what happens when the header would not fit
     within the W3C limits. Returns one ``"ignored"`` problem per reason members were dropped.
     """
-    ours = encode_header(envelope, keys)
+    return put_baggage(carrier, encode_header(envelope, keys))
+
+
+def put_baggage(carrier: MutableMapping[str, str], ours: str) -> tuple[Problem, ...]:
+    """`encode` with the envelope already encoded (``ours``: `encode_header`'s text)."""
     existing = carrier.get(BAGGAGE_HEADER)
     if not existing:
         carrier[BAGGAGE_HEADER] = ours
