@@ -96,6 +96,11 @@ _MEMBER = re.compile(
 )
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+#: ``traceparent`` in the form nearly every request has (version 00, non-zero ids): its
+#: ``group(1)`` is the trace id. Whatever does not match goes to `trace_id_from_traceparent`.
+common_traceparent = re.compile(
+    r"00-(?!0{32})([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}"
+).fullmatch
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 
 
@@ -390,9 +395,11 @@ def unattributed_encoder(keys: Keys | None) -> Callable[[str], str]:
     before, after = signed_text_around(entries_of(template), "trace_id")
     tail += f",{PREFIX}sig="
     sign = keys.sign_signed_text
+    # value_text() of any trace id (32 ASCII characters: checked before it gets here).
+    before += value_text(_NO_TRACE_ID)[:-32]
 
     def encoded(trace_id: str) -> str:
-        return f"{head}{trace_id}{tail}{sign(before + value_text(trace_id) + after)}"
+        return f"{head}{trace_id}{tail}{sign(before + trace_id.encode() + after)}"
 
     return encoded
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from contextvars import Token
@@ -24,6 +25,7 @@ from .codec import (
     QUEUE_HEADER,
     TRACEPARENT_HEADER,
     Parsed,
+    common_traceparent,
     encode,
     encode_header,
     new_trace_id,
@@ -75,6 +77,9 @@ _SET_ASIDE: Final = frozenset({"unsigned", "untrusted"})  # ignored problems wor
 _NO_TRACE_ID: Final = "0" * 32  # placeholder in cached templates; replaced before binding
 
 
+_new = object.__new__
+_urandom = os.urandom
+
 TraceIdSource = Callable[[], "str | None"]
 _trace_id_source: TraceIdSource | None = None
 
@@ -113,14 +118,16 @@ def _run_enter_hook(entry: Entry) -> None:
 
 def _mint_trace_id() -> str:
     source = _trace_id_source
-    if source is not None:
-        try:
-            trace_id = source()
-        except Exception:
-            events.count("trace_id_source_errors")
-            trace_id = None
-        if trace_id is not None and check_field("trace_id", trace_id) is None:
-            return trace_id
+    if source is None:
+        trace_id = _urandom(16).hex()  # new_trace_id() written out: one call less
+        return trace_id if trace_id != _NO_TRACE_ID else new_trace_id()
+    try:
+        from_source = source()
+    except Exception:
+        events.count("trace_id_source_errors")
+        from_source = None
+    if from_source is not None and check_field("trace_id", from_source) is None:
+        return from_source
     return new_trace_id()
 
 
@@ -370,12 +377,24 @@ class Gate:
         if trace_id is None:
             trace_id = decision.trace_id
             if trace_id is None:
-                trace_id = trace_id_from_traceparent(carrier.get(TRACEPARENT_HEADER))
-                if trace_id is None:
-                    trace_id = _mint_trace_id()
+                traceparent = carrier.get(TRACEPARENT_HEADER)
+                match = common_traceparent(traceparent) if traceparent else None
+                if match is not None:
+                    trace_id = match.group(1)
+                else:
+                    trace_id = trace_id_from_traceparent(traceparent)
+                    if trace_id is None:
+                        trace_id = _mint_trace_id()
         template = decision.template
         envelope = None if template is None else _with_trace_id(template, trace_id)
-        entry = Entry(envelope, decision, trace_id, hop, name)
+        # Entry(envelope, decision, trace_id, hop, name) written out: one call less.
+        entry = _new(Entry)
+        entry.envelope = envelope
+        entry._decision = decision
+        entry.trace_id = trace_id
+        entry.hop = hop
+        entry.unit = name
+        entry._token = _envelope.set(envelope)
         if _enter_hook is not None:
             _run_enter_hook(entry)
         if decision.outcome != "attributed" or decision.problems:
