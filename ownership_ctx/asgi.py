@@ -146,10 +146,9 @@ class OwnershipMiddleware:
             for name, value in scope["headers"]:
                 _add_header(carrier, name.decode("latin-1"), value)
         else:
-            wanted_name = wanted.get
             for name, value in scope["headers"]:
-                key = wanted_name(name)
-                if key is not None:
+                if name in wanted:
+                    key = wanted[name]
                     if key in carrier:
                         _add_header(carrier, key, value)
                     else:
