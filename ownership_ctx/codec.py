@@ -125,11 +125,23 @@ _EMPTY = Parsed()
 
 
 def new_trace_id() -> str:
-    """A fresh W3C trace id (32 hex, never all zero)."""
+    """A fresh W3C trace id (32 hex, never all zero): 16 bytes of ``os.urandom``."""
     while True:
-        trace_id = os.urandom(16).hex()
-        if trace_id != "0" * 32:
-            return trace_id
+        try:
+            return _minted.pop()  # atomic: threads never share an id
+        except IndexError:
+            # One system call for a batch rather than one per id (an enqueue with nothing
+            # bound mints an id per message).
+            hexed = os.urandom(16 * _MINT_BATCH).hex()
+            batch = [hexed[i : i + 32] for i in range(0, len(hexed), 32)]
+            _minted.extend(trace_id for trace_id in batch if trace_id != "0" * 32)
+
+
+_MINT_BATCH: Final = 64
+_minted: list[str] = []
+if hasattr(os, "register_at_fork"):
+    # A forked child must never hand out the ids its parent holds: it draws its own.
+    os.register_at_fork(after_in_child=_minted.clear)
 
 
 def trace_id_from_traceparent(value: str | None) -> str | None:

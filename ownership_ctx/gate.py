@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from contextvars import Token
@@ -78,7 +77,6 @@ _NO_TRACE_ID: Final = "0" * 32  # placeholder in cached templates; replaced befo
 
 
 _new = object.__new__
-_urandom = os.urandom
 
 TraceIdSource = Callable[[], "str | None"]
 _trace_id_source: TraceIdSource | None = None
@@ -119,8 +117,7 @@ def _run_enter_hook(entry: Entry) -> None:
 def _mint_trace_id() -> str:
     source = _trace_id_source
     if source is None:
-        trace_id = _urandom(16).hex()  # new_trace_id() written out: one call less
-        return trace_id if trace_id != _NO_TRACE_ID else new_trace_id()
+        return new_trace_id()
     try:
         from_source = source()
     except Exception:

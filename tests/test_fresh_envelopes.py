@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import re
+import threading
 
 import pytest
 
@@ -93,3 +96,36 @@ def test_write_with_an_envelope_bound_writes_that_envelope() -> None:
 def test_signing_a_prebuilt_text_needs_a_key() -> None:
     with pytest.raises(ConfigurationError):
         Keys().sign_signed_text(b"anything")
+
+
+def test_minted_trace_ids_are_valid_and_never_repeat_across_threads() -> None:
+    def mint(ids: list[str]) -> None:
+        ids.extend(new_trace_id() for _ in range(3000))
+
+    per_thread: list[list[str]] = [[] for _ in range(6)]
+    threads = [threading.Thread(target=mint, args=(ids,)) for ids in per_thread]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    minted = [trace_id for ids in per_thread for trace_id in ids]
+    assert len(set(minted)) == len(minted) == 18000
+    assert all(re.fullmatch(r"[0-9a-f]{32}", t) and t != "0" * 32 for t in minted)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_never_mints_an_id_its_parent_will() -> None:
+    new_trace_id()  # the parent now holds ids it has not handed out yet
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its ids and leave at once
+        try:
+            os.write(write, ",".join(new_trace_id() for _ in range(200)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split(","))
+    os.waitpid(pid, 0)
+    parent = {new_trace_id() for _ in range(200)}
+    assert len(child) == 200 and not child & parent
