@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
 from . import events
-from .gate import PROBLEM_CONTENT_TYPE, Entry, Gate
+from .gate import BAGGAGE_HEADER, PROBLEM_CONTENT_TYPE, Entry, Gate
 from .hashing import ConfigurationError, Keys
 from .policy import Policy
 from .units import redact_path
@@ -142,22 +142,27 @@ class OwnershipMiddleware:
             return
         carrier: dict[str, str] = {}
         wanted = self._wanted
-        for name, value in scope["headers"]:
-            key = name.decode("latin-1") if wanted is None else wanted.get(name)
-            if key is not None:
-                text = value.decode("latin-1")
-                # Repeated headers join with commas, as HTTP defines: repeated baggage
-                # merges, a repeated first-party header becomes an invalid value.
-                carrier[key] = f"{carrier[key]},{text}" if key in carrier else text
+        if wanted is None:
+            for name, value in scope["headers"]:
+                _add_header(carrier, name.decode("latin-1"), value)
+        else:
+            for name, value in scope["headers"]:
+                if name in wanted:
+                    key = wanted[name]
+                    if key in carrier:
+                        _add_header(carrier, key, value)
+                    else:
+                        carrier[key] = value.decode("latin-1")
         path = scope["path"]
         unit_of = self._unit_of
-        entry = gate.enter(
+        entry = gate._enter(
             carrier,
-            hop="http",
-            unit=path,
-            edge=True,
-            native=scope,
-            name=redact_path(path) if unit_of is None else _named(unit_of, scope, path),
+            "http",
+            path,
+            True,
+            BAGGAGE_HEADER,
+            scope,
+            redact_path(path) if unit_of is None else _named(unit_of, scope, path),
         )
         scope[SCOPE_KEY] = entry
         started = time.perf_counter() if events._sink is not None else 0.0
@@ -221,6 +226,13 @@ class OwnershipMiddleware:
             await send({"type": "websocket.http.response.body", "body": body})
         else:
             await send({"type": "websocket.close", "code": 1008, "reason": "ownership rejected"})
+
+
+def _add_header(carrier: dict[str, str], key: str, value: bytes) -> None:
+    text = value.decode("latin-1")
+    # Repeated headers join with commas, as HTTP defines: repeated baggage merges, a
+    # repeated first-party header becomes an invalid value.
+    carrier[key] = f"{carrier[key]},{text}" if key in carrier else text
 
 
 _unit_of_failed: list[bool] = []

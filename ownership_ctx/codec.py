@@ -28,7 +28,7 @@ import functools
 import logging
 import os
 import re
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Final
 from urllib.parse import unquote
 
@@ -63,10 +63,12 @@ __all__ = [
     "merge_baggage",
     "new_trace_id",
     "parse",
+    "put_baggage",
     "signature_problem",
     "split_trace_id",
     "split_volatile",
     "trace_id_from_traceparent",
+    "unattributed_encoder",
     "verifies_volatile",
 ]
 
@@ -94,6 +96,11 @@ _MEMBER = re.compile(
 )
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+#: ``traceparent`` in the form nearly every request has (version 00, non-zero ids): its
+#: ``group(1)`` is the trace id. Whatever does not match goes to `trace_id_from_traceparent`.
+common_traceparent = re.compile(
+    r"00-(?!0{32})([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}"
+).fullmatch
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 
 
@@ -118,11 +125,23 @@ _EMPTY = Parsed()
 
 
 def new_trace_id() -> str:
-    """A fresh W3C trace id (32 hex, never all zero)."""
+    """A fresh W3C trace id (32 hex, never all zero): 16 bytes of ``os.urandom``."""
     while True:
-        trace_id = os.urandom(16).hex()
-        if trace_id != "0" * 32:
-            return trace_id
+        try:
+            return _minted.pop()  # atomic: threads never share an id
+        except IndexError:
+            # One system call for a batch rather than one per id (an enqueue with nothing
+            # bound mints an id per message).
+            hexed = os.urandom(16 * _MINT_BATCH).hex()
+            batch = [hexed[i : i + 32] for i in range(0, len(hexed), 32)]
+            _minted.extend(trace_id for trace_id in batch if trace_id != "0" * 32)
+
+
+_MINT_BATCH: Final = 64
+_minted: list[str] = []
+if hasattr(os, "register_at_fork"):
+    # A forked child must never hand out the ids its parent holds: it draws its own.
+    os.register_at_fork(after_in_child=_minted.clear)
 
 
 def trace_id_from_traceparent(value: str | None) -> str | None:
@@ -363,13 +382,38 @@ def encode_header(envelope: Envelope, keys: Keys | None = None) -> str:
     return _encode_header_cached(envelope, keys)
 
 
-@functools.lru_cache(maxsize=512)
-def _encode_header_cached(envelope: Envelope, keys: Keys | None) -> str:
+def _encode_header(envelope: Envelope, keys: Keys | None) -> str:
     entries = entries_of(envelope)
     text = ",".join(f"{PREFIX}{k}={v}" for k, v in entries.items())
     if keys is not None and keys.signing_keys:
         text += f",{PREFIX}sig={keys.sign(entries)}"
     return text
+
+
+_encode_header_cached = functools.lru_cache(maxsize=512)(_encode_header)
+_NO_TRACE_ID: Final = "0" * 32  # a placeholder: no other entry holds 32 zeros
+
+
+def unattributed_encoder(keys: Keys | None) -> Callable[[str], str]:
+    """``trace_id -> encode_header(<a fresh unattributed envelope with that trace id>, keys)``,
+    with all that does not depend on the trace id (the text around it, the signed text around
+    it) computed once: what every enqueue with nothing bound writes. The signature is still
+    computed per trace id. Bypasses the encoder's cache, where each such envelope, used once,
+    would only push out envelopes that are used again."""
+    template = _assemble(_NO_TRACE_ID, {}, (), "unattributed")
+    head, _, tail = _encode_header(template, None).partition(_NO_TRACE_ID)
+    if keys is None or not keys.signing_keys:
+        return lambda trace_id: f"{head}{trace_id}{tail}"
+    before, after = signed_text_around(entries_of(template), "trace_id")
+    tail += f",{PREFIX}sig="
+    sign = keys.sign_signed_text
+    # value_text() of any trace id (32 ASCII characters: checked before it gets here).
+    before += value_text(_NO_TRACE_ID)[:-32]
+
+    def encoded(trace_id: str) -> str:
+        return f"{head}{trace_id}{tail}{sign(before + trace_id.encode() + after)}"
+
+    return encoded
 
 
 def decode_header(
@@ -387,7 +431,11 @@ def encode(
     Ours always go in; see `merge_baggage` for what happens when the header would not fit
     within the W3C limits. Returns one ``"ignored"`` problem per reason members were dropped.
     """
-    ours = encode_header(envelope, keys)
+    return put_baggage(carrier, encode_header(envelope, keys))
+
+
+def put_baggage(carrier: MutableMapping[str, str], ours: str) -> tuple[Problem, ...]:
+    """`encode` with the envelope already encoded (``ours``: `encode_header`'s text)."""
     existing = carrier.get(BAGGAGE_HEADER)
     if not existing:
         carrier[BAGGAGE_HEADER] = ours

@@ -115,7 +115,7 @@ class OwnershipMiddleware(dramatiq.Middleware):
             return
         if broker.middleware[0] is not self:
             self._place_first(broker)
-        self.gate.inject(options, header=QUEUE_HEADER)
+        self.gate.write(options, header=QUEUE_HEADER)
         self._local.written = message
 
     def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:

@@ -326,17 +326,20 @@ def _build(
 
 def _with_trace_id(template: Envelope, trace_id: str) -> Envelope:
     """``template`` with another trace id, which the caller has already checked (the gate's
-    per-request copy of a cached decision)."""
-    return _build(
-        trace_id,
-        template.owner_team,
-        template.workflow_id,
-        template.feature,
-        template.tenant,
-        template.user,
-        template.extras,
-        template.attribution,
-    )
+    per-request copy of a cached decision). `_build` written out: one call less per request."""
+    draft = _new(_Draft)
+    draft.trace_id = trace_id
+    draft.owner_team = template.owner_team
+    draft.workflow_id = template.workflow_id
+    draft.feature = template.feature
+    draft.tenant = template.tenant
+    draft.user = template.user
+    draft.extras = template.extras
+    draft.attribution = template.attribution
+    draft.version = FORMAT_VERSION
+    draft._hash = None
+    draft.__class__ = Envelope  # type: ignore[assignment]
+    return cast(Envelope, draft)
 
 
 def _assemble(

@@ -19,17 +19,21 @@ from typing import Any, Final, Literal, NamedTuple
 
 from . import events
 from .codec import (
+    _TRACE_ENTRY,
     BAGGAGE_HEADER,
     QUEUE_HEADER,
     TRACEPARENT_HEADER,
     Parsed,
+    common_traceparent,
     encode,
     encode_header,
     new_trace_id,
     parse,
+    put_baggage,
     signature_problem,
     split_volatile,
     trace_id_from_traceparent,
+    unattributed_encoder,
     verifies_volatile,
 )
 from .context import _envelope
@@ -72,6 +76,8 @@ _SET_ASIDE: Final = frozenset({"unsigned", "untrusted"})  # ignored problems wor
 _NO_TRACE_ID: Final = "0" * 32  # placeholder in cached templates; replaced before binding
 
 
+_new = object.__new__
+
 TraceIdSource = Callable[[], "str | None"]
 _trace_id_source: TraceIdSource | None = None
 
@@ -110,14 +116,15 @@ def _run_enter_hook(entry: Entry) -> None:
 
 def _mint_trace_id() -> str:
     source = _trace_id_source
-    if source is not None:
-        try:
-            trace_id = source()
-        except Exception:
-            events.count("trace_id_source_errors")
-            trace_id = None
-        if trace_id is not None and check_field("trace_id", trace_id) is None:
-            return trace_id
+    if source is None:
+        return new_trace_id()
+    try:
+        from_source = source()
+    except Exception:
+        events.count("trace_id_source_errors")
+        from_source = None
+    if from_source is not None and check_field("trace_id", from_source) is None:
+        return from_source
     return new_trace_id()
 
 
@@ -248,11 +255,15 @@ class Gate:
 
     __slots__ = (
         "_believes_unsigned",
+        "_can_verify",
         "_decisions",
         "_edge_headers",
         "_edge_names",
         "_extra_keys",
+        "_for_unit",
         "_refusals_logged",
+        "_resolver",
+        "_unattributed_header",
         "keys",
         "policy",
     )
@@ -271,6 +282,11 @@ class Gate:
             not self.keys.signing_keys or self.policy.accept_unsigned
         )
         self._refusals_logged: set[str] = set()
+        # Policy and Keys are frozen: what every admission asks of them, looked up once.
+        self._resolver = self.policy.resolver
+        self._can_verify = bool(self.keys.signing_keys)
+        self._for_unit = self.policy.for_unit
+        self._unattributed_header = unattributed_encoder(self.keys)
         if any(name in HASHED_FIELDS for name, _ in self._edge_headers):
             self.keys.require_hash_key("accepting raw tenant/user headers at the edge")
 
@@ -307,23 +323,38 @@ class Gate:
         events, logs and the resolver see instead when ``unit`` may carry data (a path with
         ids in it: see `ownership_ctx.units.redact_path`).
         """
+        return self._enter(carrier, hop, unit, edge, header, native, unit if name is None else name)
+
+    def _enter(
+        self,
+        carrier: Mapping[str, str],
+        hop: str,
+        unit: str,
+        edge: bool,
+        header: str,
+        native: object,
+        name: str,
+    ) -> Entry:
+        """`enter` with its arguments by position: the edge adapters' hot path."""
         text = carrier.get(header) or ""
         trace_id: str | None = None
-        if name is None:
-            name = unit
-        if self.policy.resolver is not None:
+        if self._resolver is not None:
             decision = self._decide(text, carrier, hop, unit, edge, native, name)
         else:
             # Without a resolver the decision depends on these inputs alone, so it is cached.
             # The envelope's own trace id and signature are cut out of the key: they change
             # on every request; the signature is checked per request below. The unit enters
             # as its settings: /users/1 and /users/2 share a decision.
-            trace_id, signature, rest = split_volatile(text)
-            if signature is not None and not self.keys.signing_keys:
-                trace_id, signature, rest = None, None, text  # nothing to check it with
-            edge_values = tuple(map(carrier.get, self._edge_names)) if edge else ()
+            if _TRACE_ENTRY in text:
+                trace_id, signature, rest = split_volatile(text)
+                if signature is not None and not self._can_verify:
+                    trace_id, signature, rest = None, None, text  # nothing to check it with
+            else:  # what split_volatile answers, without the call: the common edge case
+                signature, rest = None, text
+            edge_names = self._edge_names
+            edge_values = tuple(map(carrier.get, edge_names)) if edge and edge_names else ()
             signed = signature is not None
-            key = (id(self.policy.for_unit(unit)), rest, edge_values, signed)
+            key = (id(self._for_unit(unit)), rest, edge_values, signed)
             decision = self._decisions.get(key)  # type: ignore[assignment]
             if decision is None:
                 decision = self._decide(
@@ -342,13 +373,25 @@ class Gate:
                 trace_id = None
         if trace_id is None:
             trace_id = decision.trace_id
-        if trace_id is None:
-            trace_id = trace_id_from_traceparent(carrier.get(TRACEPARENT_HEADER))
             if trace_id is None:
-                trace_id = _mint_trace_id()
+                traceparent = carrier.get(TRACEPARENT_HEADER)
+                match = common_traceparent(traceparent) if traceparent else None
+                if match is not None:
+                    trace_id = match.group(1)
+                else:
+                    trace_id = trace_id_from_traceparent(traceparent)
+                    if trace_id is None:
+                        trace_id = _mint_trace_id()
         template = decision.template
         envelope = None if template is None else _with_trace_id(template, trace_id)
-        entry = Entry(envelope, decision, trace_id, hop, name)
+        # Entry(envelope, decision, trace_id, hop, name) written out: one call less.
+        entry = _new(Entry)
+        entry.envelope = envelope
+        entry._decision = decision
+        entry.trace_id = trace_id
+        entry.hop = hop
+        entry.unit = name
+        entry._token = _envelope.set(envelope)
         if _enter_hook is not None:
             _run_enter_hook(entry)
         if decision.outcome != "attributed" or decision.problems:
@@ -458,11 +501,34 @@ class Gate:
         """
         envelope = _envelope.get()
         if envelope is None:
-            envelope = _assemble(_mint_trace_id(), {}, (), "unattributed")
+            trace_id = _mint_trace_id()
+            problems = self._write_unattributed(carrier, header, trace_id)
+            return _assemble(trace_id, {}, (), "unattributed"), problems
         if header == BAGGAGE_HEADER:
             return envelope, encode(envelope, carrier, self.keys)
         carrier[header] = encode_header(envelope, self.keys)
         return envelope, ()
+
+    def write(self, carrier: MutableMapping[str, str], *, header: str = BAGGAGE_HEADER) -> None:
+        """`inject` for adapters that need neither the envelope nor the problems back (an
+        enqueue with nothing bound then builds no envelope object)."""
+        envelope = _envelope.get()
+        if envelope is None:
+            self._write_unattributed(carrier, header, _mint_trace_id())
+        elif header == BAGGAGE_HEADER:
+            encode(envelope, carrier, self.keys)
+        else:
+            carrier[header] = encode_header(envelope, self.keys)
+
+    def _write_unattributed(
+        self, carrier: MutableMapping[str, str], header: str, trace_id: str
+    ) -> tuple[Problem, ...]:
+        # The text of encode_header(<the unattributed envelope of trace_id>, self.keys).
+        ours = self._unattributed_header(trace_id)
+        if header == BAGGAGE_HEADER:
+            return put_baggage(carrier, ours)
+        carrier[header] = ours
+        return ()
 
     def keeps_callers(self, value: object, *, hop: str, unit: str) -> bool:
         """Whether an envelope the caller put on an outgoing message (``value``) may replace

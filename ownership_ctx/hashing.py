@@ -110,7 +110,7 @@ class Keys:
             _check_key(HASH_KEY_ENV, self.hash_key)
         for key in self.signing_keys:
             _check_key(SIGNING_KEYS_ENV, key)
-        macs = tuple(hmac.new(key, digestmod=hashlib.sha256) for key in self.signing_keys)
+        macs = tuple(_keyed(key) for key in self.signing_keys)
         object.__setattr__(self, "_macs", macs)
 
     def __reduce__(self) -> tuple[type[Keys], tuple[bytes | None, tuple[bytes, ...]]]:
@@ -152,6 +152,12 @@ class Keys:
             raise ConfigurationError(f"signing needs a key: set {SIGNING_KEYS_ENV}")
         return _sign(self._macs[0], entries)
 
+    def sign_signed_text(self, text: bytes) -> str:
+        """`sign` for a signed text built beforehand (see `signed_text_around`)."""
+        if not self.signing_keys:
+            raise ConfigurationError(f"signing needs a key: set {SIGNING_KEYS_ENV}")
+        return _mac_hex(self._macs[0], text)
+
     def verify(self, entries: Mapping[str, str], signature: str) -> bool:
         """Whether ``signature`` was made over ``entries`` by one of the signing keys.
 
@@ -162,6 +168,14 @@ class Keys:
     def verify_signed_text(self, text: bytes, signature: str) -> bool:
         """`verify` for a signed text built beforehand (see `signed_text_around`)."""
         return _verify(self._macs, text, signature)
+
+
+def _keyed(key: bytes) -> Any:
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    # The OpenSSL HMAC object that hmac.HMAC wraps, when it has one: the same copy / update /
+    # hexdigest without three Python-level calls around them (a signature per message).
+    inner = getattr(mac, "_hmac", None)
+    return mac if inner is None or not hasattr(inner, "copy") else inner
 
 
 def _mac_hex(keyed: Any, message: bytes) -> str:
