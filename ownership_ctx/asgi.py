@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
 from . import events
-from .gate import BAGGAGE_HEADER, PROBLEM_CONTENT_TYPE, Entry, Gate
+from .gate import PROBLEM_CONTENT_TYPE, Entry, Gate
 from .hashing import ConfigurationError, Keys
 from .policy import Policy
 from .units import redact_path
@@ -155,14 +155,13 @@ class OwnershipMiddleware:
                         carrier[key] = value.decode("latin-1")
         path = scope["path"]
         unit_of = self._unit_of
-        entry = gate._enter(
+        entry = gate.enter(
             carrier,
-            "http",
-            path,
-            True,
-            BAGGAGE_HEADER,
-            scope,
-            redact_path(path) if unit_of is None else _named(unit_of, scope, path),
+            hop="http",
+            unit=path,
+            edge=True,
+            native=scope,
+            name=redact_path(path) if unit_of is None else _named(unit_of, scope, path),
         )
         scope[SCOPE_KEY] = entry
         started = time.perf_counter() if events._sink is not None else 0.0

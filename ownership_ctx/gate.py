@@ -323,19 +323,8 @@ class Gate:
         events, logs and the resolver see instead when ``unit`` may carry data (a path with
         ids in it: see `ownership_ctx.units.redact_path`).
         """
-        return self._enter(carrier, hop, unit, edge, header, native, unit if name is None else name)
-
-    def _enter(
-        self,
-        carrier: Mapping[str, str],
-        hop: str,
-        unit: str,
-        edge: bool,
-        header: str,
-        native: object,
-        name: str,
-    ) -> Entry:
-        """`enter` with its arguments by position: the edge adapters' hot path."""
+        if name is None:
+            name = unit
         text = carrier.get(header) or ""
         trace_id: str | None = None
         if self._resolver is not None:
