@@ -22,7 +22,7 @@ from . import events
 from .gate import PROBLEM_CONTENT_TYPE, Entry, Gate
 from .hashing import ConfigurationError, Keys
 from .policy import Policy
-from .units import redact_path
+from .units import redact_path, unit_name
 
 __all__ = ["SCOPE_KEY", "OwnershipMiddleware", "UnitOf"]
 
@@ -161,7 +161,7 @@ class OwnershipMiddleware:
             unit=path,
             edge=True,
             native=scope,
-            name=redact_path(path) if unit_of is None else _named(unit_of, scope, path),
+            name=redact_path(path) if unit_of is None else unit_name(unit_of, scope, path),
         )
         scope[SCOPE_KEY] = entry
         started = time.perf_counter() if events._sink is not None else 0.0
@@ -178,7 +178,9 @@ class OwnershipMiddleware:
         finally:
             entry.close()
             if events._sink is not None:
-                route = route_template(scope) if unit_of is None else _named(unit_of, scope, path)
+                route = (
+                    route_template(scope) if unit_of is None else unit_name(unit_of, scope, path)
+                )
                 elapsed = time.perf_counter() - started if started else 0.0
                 events.emit(
                     entry.request_event(
@@ -232,21 +234,6 @@ def _add_header(carrier: dict[str, str], key: str, value: bytes) -> None:
     # Repeated headers join with commas, as HTTP defines: repeated baggage merges, a
     # repeated first-party header becomes an invalid value.
     carrier[key] = f"{carrier[key]},{text}" if key in carrier else text
-
-
-_unit_of_failed: list[bool] = []
-
-
-def _named(unit_of: UnitOf, scope: Scope, path: str) -> str:
-    try:
-        name = unit_of(scope)
-    except Exception:
-        events.count("unit_of_errors")
-        if not _unit_of_failed:  # once: a broken unit_of fails on every request
-            _unit_of_failed.append(True)
-            logger.exception("ownership_ctx: unit_of raised; the redacted path is used instead")
-        return redact_path(path)
-    return name if isinstance(name, str) else redact_path(path)
 
 
 class _Responder:

@@ -50,7 +50,7 @@ from ownership_ctx.reports.timerange import (
     period_before,
     stamp,
 )
-from ownership_ctx.sinks.config import DEFAULT_URL, ENV_VAR, resolve_url
+from ownership_ctx.sinks.config import DEFAULT_URL, ENV_VAR, redacted_url, resolve_url
 
 __all__ = [
     "DEFAULT_DB",
@@ -562,7 +562,7 @@ def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None) -> in
             command.check(args)
         if command.store:
             ctx.time_range = parse_range(args.since, args.until)
-            progress(f"opening {_redacted(args.db)}")
+            progress(f"opening {redacted_url(args.db)}")
             ctx.source = open_source(args.db)
         try:
             code = command.run(args, ctx)
@@ -596,7 +596,7 @@ def _note_empty(ctx: Context, command: Command) -> None:
     extent = ctx.store().extent()
     if extent is None:
         ctx.err.write(
-            f"ownership-ctx: the store {_redacted(ctx.db)} holds no events yet. Events come"
+            f"ownership-ctx: the store {redacted_url(ctx.db)} holds no events yet. Events come"
             " from an app that calls ownership_ctx.sinks.install() (it writes"
             f" {DEFAULT_DB} unless {ENV_VAR} says otherwise); `ownership-ctx demo` shows"
             " the reports on sample traffic.\n"
@@ -610,16 +610,6 @@ def _note_empty(ctx: Context, command: Command) -> None:
             f" the store holds events from {stamp(first)} to {stamp(last + 3600)}"
             " (use --since / --until)\n"
         )
-
-
-def _redacted(url: str) -> str:
-    """The URL without a password, for progress lines."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        credentials, _, host = rest.rpartition("@")
-        user = credentials.split(":", 1)[0]
-        return f"{scheme}{sep}{user}@{host}"
-    return url
 
 
 if __name__ == "__main__":

@@ -9,10 +9,16 @@ Standard library only.
 
 from __future__ import annotations
 
+import logging
 import re
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 
-__all__ = ["REDACTED", "redact_path"]
+from . import events
+
+__all__ = ["REDACTED", "redact_path", "unit_name"]
+
+logger = logging.getLogger("ownership_ctx")
 
 #: What an identifier-like path segment becomes.
 REDACTED: Final = "{id}"
@@ -69,3 +75,20 @@ def redact_path(path: str) -> str:
             _cache.clear()
         _cache[path] = redacted
     return redacted
+
+
+_unit_of_failed: list[bool] = []
+
+
+def unit_name(unit_of: Callable[[Any], object], native: object, path: str) -> str:
+    """The operator's ``unit_of(native)`` (an ASGI scope, a WSGI environ), else the redacted
+    ``path``: a broken ``unit_of`` must never fail the request, and is logged once."""
+    try:
+        name = unit_of(native)
+    except Exception:
+        events.count("unit_of_errors")
+        if not _unit_of_failed:  # once: a broken unit_of fails on every request
+            _unit_of_failed.append(True)
+            logger.exception("ownership_ctx: unit_of raised; the redacted path is used instead")
+        return redact_path(path)
+    return name if isinstance(name, str) else redact_path(path)

@@ -21,7 +21,7 @@ from . import events
 from .gate import PROBLEM_CONTENT_TYPE, Entry, Gate
 from .hashing import Keys
 from .policy import Policy
-from .units import redact_path
+from .units import redact_path, unit_name
 
 __all__ = ["ENVIRON_KEY", "OwnershipWSGIMiddleware", "UnitOf"]
 
@@ -103,7 +103,7 @@ class OwnershipWSGIMiddleware:
             unit=path,
             edge=True,
             native=environ,
-            name=redact_path(path) if unit_of is None else _named(unit_of, environ, path),
+            name=redact_path(path) if unit_of is None else unit_name(unit_of, environ, path),
         )
         environ[ENVIRON_KEY] = entry
         trace = [(self._trace_header, entry.trace_id)] if self._trace_header else []
@@ -144,21 +144,6 @@ class OwnershipWSGIMiddleware:
         return _InContext(result, context, recorder)
 
 
-_unit_of_failed: list[bool] = []
-
-
-def _named(unit_of: UnitOf, environ: Environ, path: str) -> str:
-    try:
-        name = unit_of(environ)
-    except Exception:
-        events.count("unit_of_errors")
-        if not _unit_of_failed:  # once: a broken unit_of fails on every request
-            _unit_of_failed.append(True)
-            logger.exception("ownership_ctx: unit_of raised; the redacted path is used instead")
-        return redact_path(path)
-    return name if isinstance(name, str) else redact_path(path)
-
-
 def route_template(environ: Environ) -> str | None:
     """The url rule that served ``environ`` (Flask, any werkzeug routing that sets
     ``request.url_rule``), or ``None``."""
@@ -192,14 +177,14 @@ class _Recorder:
         unit_of = self.unit_of
         environ = self.environ
         self.route = (
-            route_template(environ) if unit_of is None else _named(unit_of, environ, self.path)
+            route_template(environ) if unit_of is None else unit_name(unit_of, environ, self.path)
         )
 
     def finish(self) -> None:
         latency_ms = (time.perf_counter() - self.started) * 1000
         route = self.route
         if route is None and self.unit_of is not None:
-            route = _named(self.unit_of, self.environ, self.path)
+            route = unit_name(self.unit_of, self.environ, self.path)
         events.emit(self.entry.request_event(self.method, self.status, latency_ms, route=route))
 
 

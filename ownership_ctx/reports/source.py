@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any, Final
 from urllib.parse import quote
 
+from ownership_ctx.sinks.config import redacted_url
 from ownership_ctx.sinks.query import EventQueries, RollupRow, open_store
 
 __all__ = ["Source", "StoreError", "open_source"]
@@ -187,19 +188,9 @@ def open_source(url: str) -> Source:
         raise StoreError(_one_line(e)) from e
     except Exception as e:
         if _is_database_error(e):
-            raise StoreError(f"cannot read the store {_redacted(url)}: {_one_line(e)}") from e
+            raise StoreError(f"cannot read the store {redacted_url(url)}: {_one_line(e)}") from e
         raise
     raise StoreError(f"reports read sqlite:/// or postgresql:// stores, not {scheme}://")
-
-
-def _redacted(url: str) -> str:
-    """The URL without a password."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        credentials, _, host = rest.rpartition("@")
-        user = credentials.split(":", 1)[0]
-        return f"{scheme}{sep}{user}@{host}"
-    return url
 
 
 def _open_sqlite(url: str) -> Source:
@@ -239,7 +230,7 @@ def _open_postgres(url: str) -> Source:
         queries.rollups(0, 1)  # connects read-only and checks the schema's tables are there
     except psycopg.Error as e:
         queries.close()
-        raise StoreError(f"cannot read the store {_redacted(url)}: {_one_line(e)}") from e
+        raise StoreError(f"cannot read the store {redacted_url(url)}: {_one_line(e)}") from e
     options = "-c default_transaction_read_only=on"
     if queries.schema:
         options += f" -c search_path={queries.schema}"

@@ -38,6 +38,7 @@ __all__ = [
     "install",
     "open_backend",
     "open_sink",
+    "redacted_url",
     "resolve_url",
 ]
 
@@ -228,3 +229,13 @@ class _EmitBackend:
         close = getattr(self.sink, "close", None)
         if callable(close):
             close()
+
+
+def redacted_url(url: str) -> str:
+    """``url`` without its password: what messages and progress lines may show."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        credentials, _, host = rest.rpartition("@")
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}{sep}{user}@{host}"
+    return url
