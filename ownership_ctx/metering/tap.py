@@ -23,8 +23,10 @@ __all__ = ["BodyTap"]
 
 _MAX_BODY: Final = 16 * 1024 * 1024
 _MAX_LINE: Final = 8 * 1024 * 1024
+# JSON string tokens: text that merely mentions them arrives escaped (\"message_stop\"), so it
+# never matches. OpenAI's end marker is not JSON: only a whole `data: [DONE]` line ends a stream.
+_DONE: Final = b"[DONE]"
 _TERMINAL: Final = (
-    b"[DONE]",
     b'"message_stop"',
     b'"response.completed"',
     b'"response.incomplete"',
@@ -157,6 +159,9 @@ class BodyTap:
         if payload.startswith(b'{"error"') or b'"type":"error"' in payload[:40]:
             self.error = payload
         if not self.terminal:
+            if payload == _DONE:
+                self.terminal = True
+                return
             for marker in _TERMINAL:
                 if marker in payload:
                     self.terminal = True
@@ -209,7 +214,7 @@ class BodyTap:
         if self.sse:
             kept = []
             for payload in (self.first, self.start, self.usage, self.error):
-                if payload is not None and payload != b"[DONE]" and payload not in kept:
+                if payload is not None and payload != _DONE and payload not in kept:
                     kept.append(payload)
             return merge_stream(self.api, kept, complete)
         if not complete:

@@ -147,7 +147,9 @@ def audit(
         audited.append(_audit_trace(trace, events, checks, paths))
     say("measuring coverage")
     cov = coverage(source, time_range, hops=False)
-    answers = _answers(traces, int(untraced), checks, paths, cov.share, threshold, cov.total)
+    answers = _answers(
+        traces, int(untraced), checks, paths, cov.share, threshold, cov.total, cov.unattributed
+    )
     failed_by: dict[str, list[int]] = {}
     for answer in answers:
         for trace in answer.failing_traces:
@@ -268,6 +270,7 @@ def _answers(
     share: Decimal,
     threshold: Decimal,
     total: Decimal,
+    unattributed: Decimal,
 ) -> list[Answer]:
     n = len(traces)
     q1, q2, q3, q4, q5, q6 = checks
@@ -302,7 +305,7 @@ def _answers(
     add(6, q6, _counts(q6.counts))
     pct = (share * 100).quantize(Decimal("0.01"))
     limit = (threshold * 100).quantize(Decimal("0.01"))
-    holds7 = share <= threshold and total > 0
+    holds7 = total > 0 and unattributed <= threshold * total  # exact, not the rounded share
     evidence7 = (
         f"{pct}% of {money_text(total)} USD unattributed over the range (threshold {limit}%)"
         if total

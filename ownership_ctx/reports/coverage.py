@@ -97,7 +97,8 @@ class Coverage:
 
     @property
     def breached(self) -> bool:
-        return self.threshold is not None and self.share > self.threshold
+        # Exact: `share` is rounded for display, and a true 2.00004% must not pass 2%.
+        return self.threshold is not None and self.unattributed > self.threshold * self.total
 
     def document(self) -> Document:
         return _document(self)

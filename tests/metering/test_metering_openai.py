@@ -159,6 +159,23 @@ def test_abandoned_stream_is_cancelled(openai_client: Any, sink: MemorySink) -> 
     assert event["cost"] is None and event["usage_status"] == "missing"
 
 
+def test_an_answer_that_mentions_done_is_not_the_end_of_the_stream(
+    openai_client: Any, sink: MemorySink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only a whole `data: [DONE]` line ends an OpenAI stream; the text may say anything.
+    from ownership_ctx.testing import fake_providers
+
+    monkeypatch.setattr(fake_providers, "_TEXT", ("print('[DONE]')", " and", " more"))
+    stream = openai_client.chat.completions.create(
+        model="gpt-4o", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = iter(stream)
+    next(chunks)  # the role
+    assert next(chunks).choices[0].delta.content == "print('[DONE]')"
+    stream.close()
+    assert one_call(sink)["status"] == "cancelled"
+
+
 def test_stream_dropped_by_gc_is_cancelled(openai_client: Any, sink: MemorySink) -> None:
     stream = openai_client.chat.completions.create(
         model="gpt-4o", messages=MESSAGES, stream=True, stream_options={"include_usage": True}

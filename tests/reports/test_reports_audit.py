@@ -105,3 +105,13 @@ def test_first_loss_kinds() -> None:
     request_only = [Step(1, "request", "http", "/a", "attributed", (), frozenset()), _call(2, "")]
     loss = first_loss(request_only)
     assert loss is not None and (loss.hop, loss.unit, loss.code) == ("http", "/a", "never_supplied")
+
+
+def test_the_spend_answer_compares_the_threshold_exactly(main: Source) -> None:
+    # 0.007 of 0.145 USD unattributed = 4.827586...%, shown rounded up to 4.83%.
+    def seventh(threshold: str) -> bool:
+        answers = audit(main, ALL, sample=1, threshold=Decimal(threshold)).answers
+        return next(a.holds for a in answers if a.number == 7)
+
+    assert seventh("0.04827587")  # above the true share, below the rounded one
+    assert not seventh("0.04827586")

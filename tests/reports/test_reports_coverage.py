@@ -108,3 +108,12 @@ def test_parse_required() -> None:
         parse_required("workflow")  # the owner is always required
     with pytest.raises(UsageError):
         parse_required("owner_team,colour")
+
+
+def test_the_threshold_is_compared_exactly_not_after_rounding(main: Source) -> None:
+    # 0.007 / 0.145 = 0.04827586206...; the displayed share rounds it up to 0.048276.
+    assert coverage(main, ALL, hops=False).share == D("0.048276")
+    between = D("0.04827587")  # above the true share, below the rounded one: not breached
+    assert not coverage(main, ALL, threshold=between, hops=False).breached
+    assert coverage(main, ALL, threshold=D("0.04827586"), hops=False).breached
+    assert parse_threshold("4.827587%") == between
