@@ -90,6 +90,11 @@ def make_app(
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         worker_deduplicate_successful_tasks=False,
+        # After a reconnect Celery (5.7) lowers the prefetch count and restores it from each
+        # task's ack: under the threads pool that sends a basic.qos from the pool thread, and
+        # if it fails (the connection was reset again) the task has been acked but never runs,
+        # with no log line (docs/proof-at-scale.md). OC_PREFETCH_REDUCTION=1: Celery's default.
+        worker_enable_prefetch_count_reduction=os.environ.get("OC_PREFETCH_REDUCTION") == "1",
     )
     if os.environ.get("OC_VISIBILITY_TIMEOUT"):  # Redis: unacked messages come back this soon
         app.conf.broker_transport_options = fast_restore(float(os.environ["OC_VISIBILITY_TIMEOUT"]))
