@@ -5,6 +5,7 @@ exactly the documented schema."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -209,3 +210,28 @@ def test_the_flask_adoption_path(isolated: Path) -> None:
     assert re.search(r"^http +/v1/classify +quarantined ", coverage.stdout, flags=re.M)
     assert "50.00%" in coverage.stdout and "/health" not in coverage.stdout
     assert re.search(r"^legal ", _cli("chargeback", "--by", "team").stdout, flags=re.M)
+
+
+def test_the_core_modules_the_layout_names_import_only_the_standard_library() -> None:
+    # docs/layout.md and the team contract: the core runs without any third-party package.
+    text = (ROOT / "docs" / "layout.md").read_text()
+    (line,) = [ln for ln in text.splitlines() if "core: standard library only" in ln]
+    core = [name.strip() for name in line.split("core:")[0].split(",")]
+    assert "gate" in core and "units" in core
+    for name in core:
+        path = ROOT / "ownership_ctx" / f"{name}.py"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                inside = (node.module or "").split(".")[0]
+                targets = [inside] if inside else [alias.name for alias in node.names]
+                assert all(t in core for t in targets), f"{name}: from .{node.module} import"
+            elif isinstance(node, ast.ImportFrom):
+                assert _stdlib(node.module or ""), f"{name}: from {node.module} import"
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    assert _stdlib(alias.name), f"{name}: import {alias.name}"
+
+
+def _stdlib(module: str) -> bool:
+    top = module.split(".")[0]
+    return top in sys.stdlib_module_names or top == "__future__"
