@@ -235,3 +235,14 @@ def test_the_core_modules_the_layout_names_import_only_the_standard_library() ->
 def _stdlib(module: str) -> bool:
     top = module.split(".")[0]
     return top in sys.stdlib_module_names or top == "__future__"
+
+
+def test_the_benchmark_table_lists_every_script_and_each_takes_quick_and_json() -> None:
+    text = (ROOT / "docs" / "benchmarks.md").read_text()
+    listed = set(re.findall(r"^\| `(\w+\.py)` \|", text, flags=re.M))
+    scripts = {path.name for path in (ROOT / "benchmarks").glob("*.py")}
+    assert listed == scripts
+    for name in sorted(scripts):
+        source = (ROOT / "benchmarks" / name).read_text()
+        for flag in ("--quick", "--json"):
+            assert f'add_argument("{flag}"' in source, (name, flag)
