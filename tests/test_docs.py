@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -246,3 +247,46 @@ def test_the_benchmark_table_lists_every_script_and_each_takes_quick_and_json() 
         source = (ROOT / "benchmarks" / name).read_text()
         for flag in ("--quick", "--json"):
             assert f'add_argument("{flag}"' in source, (name, flag)
+
+
+def _make_dry_run(*args: str) -> str:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    done = subprocess.run(
+        ["make", "-n", "-C", str(ROOT), *args], capture_output=True, text=True, check=True
+    )
+    return done.stdout
+
+
+def test_the_make_targets_the_docs_name_exist() -> None:
+    text = (ROOT / "docs" / "layout.md").read_text() + (ROOT / "docs" / "benchmarks.md").read_text()
+    targets = set(re.findall(r"(?:`|^)make ([a-z][a-z0-9-]*)", text, flags=re.M))
+    assert {"demo", "test", "bench", "proof", "faults"} <= targets
+    phony = (ROOT / "Makefile").read_text().split(".PHONY:")[1].splitlines()[0].split()
+    assert targets <= set(phony)
+
+
+def test_make_proof_and_make_faults_run_what_proof_at_scale_says() -> None:
+    # docs/proof-at-scale.md: `make proof` (1,000 workflows; PROOF_WORKFLOWS=200 a shorter one)
+    # runs the two property tests with brokers required and writes proof-results.json;
+    # `make faults` runs every fault test on both brokers with three times the workflows.
+    default = _make_dry_run("proof")
+    assert "OC_PROOF_WORKFLOWS=1000" in default
+    shorter = _make_dry_run("proof", "PROOF_WORKFLOWS=200")
+    for part in (
+        "OWNERSHIP_CTX_REQUIRE_BROKERS=1",
+        "OC_PROOF_WORKFLOWS=200",
+        "OC_PROOF_REPORT=proof-results.json",
+        "tests/dramatiq/test_dramatiq_property.py",
+        "tests/celery/test_celery_property.py",
+    ):
+        assert part in shorter
+    faults = _make_dry_run("faults")
+    for part in (
+        "OWNERSHIP_CTX_REQUIRE_BROKERS=1",
+        "OC_FAULTS_ALL=1",
+        "OC_FAULT_SCALE=3",
+        "tests/dramatiq/test_dramatiq_faults.py",
+        "tests/celery/test_celery_faults.py",
+    ):
+        assert part in faults
