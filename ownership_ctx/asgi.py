@@ -88,9 +88,10 @@ class OwnershipMiddleware:
     runs but its response is not sent, and debug mode keeps its traceback page; to keep a custom
     500 page, wrap the whole app instead: ``app = OwnershipMiddleware(app, ...)``.)
 
-    Units are named without the data paths carry: events and logs use the route template when
-    the framework has one, else the path with identifier-like segments redacted
-    (`ownership_ctx.units.redact_path`); ``unit_of(scope)`` replaces both. Policy rules match
+    Units are named without the data paths carry: the hop event and admission logs use the
+    path with identifier-like segments redacted (`ownership_ctx.units.redact_path`: nothing is
+    routed yet), the request event the route template when the framework has one, else the
+    same redacted path; ``unit_of(scope)`` replaces both. Policy rules match
     the path as received. ``keys`` default to `Keys.from_env`.
     """
 

@@ -56,9 +56,10 @@ class OwnershipWSGIMiddleware:
     Rejected requests get ``400`` with an ``application/problem+json`` body. ``trace_header``
     (default ``x-trace-id``; ``None`` to disable) echoes the trace id on every response.
 
-    Units are named without the data paths carry: events and logs use the route template when
-    the framework has one (Flask's url rule), else the path with identifier-like segments
-    redacted (`ownership_ctx.units.redact_path`); ``unit_of(environ)`` replaces both. Policy
+    Units are named without the data paths carry: the hop event and admission logs use the
+    path with identifier-like segments redacted (`ownership_ctx.units.redact_path`: nothing is
+    routed yet), the request event the route template when the framework has one (Flask's url
+    rule), else the same redacted path; ``unit_of(environ)`` replaces both. Policy
     rules match the path as received. ``keys`` default to `Keys.from_env`.
     """
 

@@ -5,8 +5,10 @@ exactly the documented schema."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -209,3 +211,82 @@ def test_the_flask_adoption_path(isolated: Path) -> None:
     assert re.search(r"^http +/v1/classify +quarantined ", coverage.stdout, flags=re.M)
     assert "50.00%" in coverage.stdout and "/health" not in coverage.stdout
     assert re.search(r"^legal ", _cli("chargeback", "--by", "team").stdout, flags=re.M)
+
+
+def test_the_core_modules_the_layout_names_import_only_the_standard_library() -> None:
+    # docs/layout.md and the team contract: the core runs without any third-party package.
+    text = (ROOT / "docs" / "layout.md").read_text()
+    (line,) = [ln for ln in text.splitlines() if "core: standard library only" in ln]
+    core = [name.strip() for name in line.split("core:")[0].split(",")]
+    assert "gate" in core and "units" in core
+    for name in core:
+        path = ROOT / "ownership_ctx" / f"{name}.py"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                inside = (node.module or "").split(".")[0]
+                targets = [inside] if inside else [alias.name for alias in node.names]
+                assert all(t in core for t in targets), f"{name}: from .{node.module} import"
+            elif isinstance(node, ast.ImportFrom):
+                assert _stdlib(node.module or ""), f"{name}: from {node.module} import"
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    assert _stdlib(alias.name), f"{name}: import {alias.name}"
+
+
+def _stdlib(module: str) -> bool:
+    top = module.split(".")[0]
+    return top in sys.stdlib_module_names or top == "__future__"
+
+
+def test_the_benchmark_table_lists_every_script_and_each_takes_quick_and_json() -> None:
+    text = (ROOT / "docs" / "benchmarks.md").read_text()
+    listed = set(re.findall(r"^\| `(\w+\.py)` \|", text, flags=re.M))
+    scripts = {path.name for path in (ROOT / "benchmarks").glob("*.py")}
+    assert listed == scripts
+    for name in sorted(scripts):
+        source = (ROOT / "benchmarks" / name).read_text()
+        for flag in ("--quick", "--json"):
+            assert f'add_argument("{flag}"' in source, (name, flag)
+
+
+def _make_dry_run(*args: str) -> str:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    done = subprocess.run(
+        ["make", "-n", "-C", str(ROOT), *args], capture_output=True, text=True, check=True
+    )
+    return done.stdout
+
+
+def test_the_make_targets_the_docs_name_exist() -> None:
+    text = (ROOT / "docs" / "layout.md").read_text() + (ROOT / "docs" / "benchmarks.md").read_text()
+    targets = set(re.findall(r"(?:`|^)make ([a-z][a-z0-9-]*)", text, flags=re.M))
+    assert {"demo", "test", "bench", "proof", "faults"} <= targets
+    phony = (ROOT / "Makefile").read_text().split(".PHONY:")[1].splitlines()[0].split()
+    assert targets <= set(phony)
+
+
+def test_make_proof_and_make_faults_run_what_proof_at_scale_says() -> None:
+    # docs/proof-at-scale.md: `make proof` (1,000 workflows; PROOF_WORKFLOWS=200 a shorter one)
+    # runs the two property tests with brokers required and writes proof-results.json;
+    # `make faults` runs every fault test on both brokers with three times the workflows.
+    default = _make_dry_run("proof")
+    assert "OC_PROOF_WORKFLOWS=1000" in default
+    shorter = _make_dry_run("proof", "PROOF_WORKFLOWS=200")
+    for part in (
+        "OWNERSHIP_CTX_REQUIRE_BROKERS=1",
+        "OC_PROOF_WORKFLOWS=200",
+        "OC_PROOF_REPORT=proof-results.json",
+        "tests/dramatiq/test_dramatiq_property.py",
+        "tests/celery/test_celery_property.py",
+    ):
+        assert part in shorter
+    faults = _make_dry_run("faults")
+    for part in (
+        "OWNERSHIP_CTX_REQUIRE_BROKERS=1",
+        "OC_FAULTS_ALL=1",
+        "OC_FAULT_SCALE=3",
+        "tests/dramatiq/test_dramatiq_faults.py",
+        "tests/celery/test_celery_faults.py",
+    ):
+        assert part in faults

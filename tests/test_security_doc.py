@@ -7,6 +7,7 @@ page).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -14,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from ownership_ctx import events
+from ownership_ctx import Envelope, Gate, Keys, Policy, encode_header, events
+from ownership_ctx.codec import QUEUE_HEADER
+from ownership_ctx.sinks import MemorySink
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "security.md"
 BLOCK = re.compile(r"^```python\n(.*?)^```$", re.DOTALL | re.MULTILINE)
@@ -46,3 +49,38 @@ def test_the_page_has_python_blocks() -> None:
 )
 def test_python_block_runs(line: int, code: str, in_temp_dir: Path) -> None:
     exec(compile(code, f"{PAGE.name}:{line}", "exec"), {"__name__": "__main__"})
+
+
+def test_the_rollout_signal_for_accept_unsigned_is_the_hop_event_problem(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # "While it is set, a believed unsigned envelope leaves no trace (no problem, no log line);
+    # once it is removed, each unsigned envelope ... shows as `-:unsigned` in the `problems`
+    # of its `hop` event ... and in a log line."
+    keys = Keys(signing_keys=(b"signing-key-0123456789abcdef",))
+    unsigned = encode_header(
+        Envelope(
+            trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+            owner_team="search",
+            workflow_id="ticket-triage",
+            feature="summarize",
+        )
+    )
+    sink = MemorySink()
+    previous = events.set_sink(sink)
+    try:
+        for accept_unsigned in (True, False):
+            caplog.clear()
+            gate = Gate(Policy(mode="quarantine", accept_unsigned=accept_unsigned), keys)
+            with (
+                caplog.at_level(logging.INFO, logger="ownership_ctx"),
+                gate.enter({QUEUE_HEADER: unsigned}, hop="celery", unit="t", header=QUEUE_HEADER),
+            ):
+                pass
+            logged = [r.getMessage() for r in caplog.records if "unsigned" in r.getMessage()]
+            assert bool(logged) is not accept_unsigned
+    finally:
+        events.set_sink(previous)
+    believed, ignored = sink.of_kind("hop")
+    assert (believed["outcome"], believed["problems"]) == ("attributed", [])
+    assert ignored["outcome"] == "quarantined" and "-:unsigned" in ignored["problems"]

@@ -21,6 +21,7 @@ from ..hashing import Keys
 from ..policy import Policy
 
 __all__ = [
+    "ACCEPT_UNSIGNED_ENV",
     "MODE_ENV",
     "POLICY_ENV",
     "REQUIRED_ENV",
@@ -37,6 +38,7 @@ MODE_ENV: Final = "OWNERSHIP_CTX_MODE"
 REQUIRED_ENV: Final = "OWNERSHIP_CTX_REQUIRED"
 TRUST_ENV: Final = "OWNERSHIP_CTX_TRUST"
 TRACE_HEADER_ENV: Final = "OWNERSHIP_CTX_TRACE_HEADER"
+ACCEPT_UNSIGNED_ENV: Final = "OWNERSHIP_CTX_ACCEPT_UNSIGNED"
 
 #: The mode of an instrumentor nobody configured: observe, never reject.
 OBSERVE_MODE: Final = "quarantine"
@@ -72,7 +74,7 @@ def policy_from_env(environ: Mapping[str, str] | None = None) -> Policy:
         loaded = loaded()
     if not isinstance(loaded, Policy):
         raise ValueError(f"{POLICY_ENV}={spec!r} is not an ownership_ctx Policy")
-    ignored = [name for name in (REQUIRED_ENV, TRUST_ENV) if name in env]
+    ignored = [name for name in (REQUIRED_ENV, TRUST_ENV, ACCEPT_UNSIGNED_ENV) if name in env]
     if ignored:
         logger.warning(
             "ownership_ctx: %s ignored: %s=%s sets the whole policy (only %s overrides it)",

@@ -90,6 +90,21 @@ def test_policy_from_env_observes_unless_configured() -> None:
         policy_from_env({"OWNERSHIP_CTX_POLICY": f"{__name__}:CALLER"})
 
 
+def test_a_whole_policy_from_env_says_which_variables_it_ignores(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # docs/configuration.md: REQUIRED, TRUST and ACCEPT_UNSIGNED apply only without POLICY.
+    environ = {
+        "OWNERSHIP_CTX_POLICY": f"{__name__}:POLICY",
+        "OWNERSHIP_CTX_TRUST": "none",
+        "OWNERSHIP_CTX_ACCEPT_UNSIGNED": "1",
+    }
+    with caplog.at_level(logging.WARNING, logger="ownership_ctx"):
+        assert policy_from_env(environ) is POLICY
+    (record,) = [r for r in caplog.records if "ignored" in r.getMessage()]
+    assert "OWNERSHIP_CTX_TRUST, OWNERSHIP_CTX_ACCEPT_UNSIGNED ignored" in record.getMessage()
+
+
 PATHS = ("/health", "/docs", "/openapi.json", "/orders/7", "/orders/x", "/missing")
 
 
