@@ -20,7 +20,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 import httpx
@@ -519,6 +519,19 @@ def event_sink() -> Iterator[ListSink]:
         events.set_sink(previous)
 
 
+async def wait_for_request_events(
+    sink: ListSink, trace_ids: Iterable[str], timeout: float = 20.0
+) -> None:
+    # The middleware records a request after the app has returned (background tasks included):
+    # on a server thread that can be just after everything the handlers observed.
+    wanted = set(trace_ids)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if wanted <= {e["trace_id"] for e in list(sink.events) if e["kind"] == "request"}:
+            return
+        await asyncio.sleep(0.01)
+
+
 def check_events(sink: ListSink, traces: dict[int, str], ws_traces: dict[int, str]) -> None:
     """One request event per unit, with the trace id its client was given; routes are the
     templates (no per-request ids in the store)."""
@@ -631,6 +644,8 @@ async def test_uvicorn_burst(anyio_backend: str, server: Server, spec_list: list
             )
             await observed.wait_for({r.rid: HTTP_LABELS for r in requests})
             await observed.wait_for({r.rid: WS_LABELS for r in sessions})
+            if server.loop == "asyncio":
+                await wait_for_request_events(sink, [*traces.values(), *(t for _, t in ws_traces)])
         if server.loop == "asyncio":
             check_events(sink, traces, dict(ws_traces))
         await observed.wait_for({r.rid: HTTP_LABELS for r in requests})
