@@ -24,6 +24,7 @@ import pytest
 from ownership_ctx import __version__
 from ownership_ctx.sinks.sqlite import SQLiteStore
 from tests.integrations.support import free_port
+from tests.reports import scenario
 from tests.reports.scenario import epoch, trace_id
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,12 +159,11 @@ def report_commands(url: str, tmp: Path) -> list[list[str]]:
     ]
 
 
-def test_reports_leave_a_sqlite_store_byte_for_byte_unchanged(
-    main_url: str, backend: str, tmp_path: Path
-) -> None:
-    if backend != "sqlite":
-        pytest.skip("the PostgreSQL side: test_every_report_runs_as_a_read_only_role")
-    source = Path(main_url.removeprefix("sqlite:///"))
+def test_reports_leave_a_sqlite_store_byte_for_byte_unchanged(tmp_path: Path) -> None:
+    # PostgreSQL's side: test_every_report_runs_as_a_read_only_role.
+    source = tmp_path / "written" / "events.db"
+    source.parent.mkdir()
+    scenario.write(f"sqlite:///{source}", scenario.baseline_week, scenario.current_week)
     copy = tmp_path / "store"
     copy.mkdir()
     (copy / "events.db").write_bytes(source.read_bytes())  # no -wal: a checkpointed store
@@ -182,25 +182,30 @@ def test_reports_leave_a_sqlite_store_byte_for_byte_unchanged(
     assert [p.name for p in copy.iterdir() if p.is_dir()] == []
 
 
+READER_SCHEMA = "readable"
+
+
 @pytest.fixture
-def reader_role(main_url: str, backend: str, pg_database: str) -> Iterator[str]:
-    """A login role that may only SELECT from the report store's schema, as a URL."""
-    if backend != "postgresql":
-        pytest.skip("PostgreSQL roles")
+def reader_role(pg_database: str) -> Iterator[str]:
+    """A login role that may only SELECT from a report store's schema, as a URL."""
     import psycopg
 
+    scenario.write(
+        f"{pg_database}?schema={READER_SCHEMA}", scenario.baseline_week, scenario.current_week
+    )
     role = f"oc_reader_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(pg_database, autocommit=True, connect_timeout=5) as conn:
         conn.execute(f"CREATE ROLE {role} LOGIN")
-        conn.execute(f"GRANT USAGE ON SCHEMA main TO {role}")
-        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA main TO {role}")
+        conn.execute(f"GRANT USAGE ON SCHEMA {READER_SCHEMA} TO {role}")
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA {READER_SCHEMA} TO {role}")
     parts = urlsplit(pg_database)
     netloc = f"{role}@{parts.hostname}:{parts.port or 5432}"
     yield urlunsplit((parts.scheme, netloc, parts.path, "", ""))
     with psycopg.connect(pg_database, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA main FROM {role}")
-        conn.execute(f"REVOKE ALL ON SCHEMA main FROM {role}")
+        conn.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA {READER_SCHEMA} FROM {role}")
+        conn.execute(f"REVOKE ALL ON SCHEMA {READER_SCHEMA} FROM {role}")
         conn.execute(f"DROP ROLE {role}")
+        conn.execute(f"DROP SCHEMA {READER_SCHEMA} CASCADE")
 
 
 def test_every_report_runs_as_a_read_only_role(
@@ -208,7 +213,7 @@ def test_every_report_runs_as_a_read_only_role(
 ) -> None:
     import psycopg
 
-    url = f"{reader_role}?schema=main"
+    url = f"{reader_role}?schema={READER_SCHEMA}"
     for command in report_commands(url, tmp_path):
         result = run(*command)
         assert result.returncode in (0, 1), (command, result.stderr)
