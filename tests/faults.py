@@ -8,6 +8,7 @@ between a worker and its broker and resets every connection through it on reques
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 import select
@@ -55,7 +56,28 @@ def wait_port(port: int, timeout: float, up: bool = True) -> None:
         time.sleep(0.1)
 
 
-class RedisServer:
+class PrivateServer(abc.ABC):
+    """A broker process of the test's own, in ``self.dir``: `start`, `stop`, then these."""
+
+    dir: Path
+
+    @abc.abstractmethod
+    def start(self) -> None: ...
+
+    @abc.abstractmethod
+    def stop(self) -> None: ...
+
+    def restart(self, down_for: float = 1.0) -> None:
+        self.stop()
+        time.sleep(down_for)
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisServer(PrivateServer):
     """``redis-server`` on a free port, data in a temporary directory."""
 
     def __init__(self) -> None:
@@ -85,17 +107,8 @@ class RedisServer:
                 self.proc.wait(5)
         self.proc = None
 
-    def restart(self, down_for: float = 1.0) -> None:
-        self.stop()
-        time.sleep(down_for)
-        self.start()
 
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class RabbitNode:
+class RabbitNode(PrivateServer):
     """A second RabbitMQ node: own name, ports, data and log directories, no plugins."""
 
     def __init__(self) -> None:
@@ -170,15 +183,6 @@ class RabbitNode:
             self.proc.wait(5)
         self.proc = None
         wait_port(self.port, 10, up=False)
-
-    def restart(self, down_for: float = 1.0) -> None:
-        self.stop()
-        time.sleep(down_for)
-        self.start()
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _command(pid: int) -> str:
