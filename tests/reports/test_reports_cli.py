@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ownership_ctx import cli
+from tests.reports.cli_process import run_cli
 from tests.reports.scenario import trace_id
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,18 +23,7 @@ RANGE = ["--since", "2026-01-01", "--until", "2026-02-01"]
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
-    environment.pop("OWNERSHIP_CTX_SINK_URL", None)  # only what the test gives
-    environment.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "ownership_ctx.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env=environment,
-        check=False,
-    )
+    return run_cli(*args, env=env)
 
 
 def test_chargeback_formats(main_url: str) -> None:

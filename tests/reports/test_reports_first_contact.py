@@ -25,6 +25,7 @@ from ownership_ctx import __version__
 from ownership_ctx.sinks.sqlite import SQLiteStore
 from tests.integrations.support import free_port
 from tests.reports import scenario
+from tests.reports.cli_process import run_cli
 from tests.reports.scenario import epoch, trace_id
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,18 +37,7 @@ EMPTY = hashlib.sha256(b"").hexdigest()
 def run(
     *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "40"}
-    environment.pop("OWNERSHIP_CTX_SINK_URL", None)
-    environment.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "ownership_ctx.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-        env=environment,
-        check=False,
-    )
+    return run_cli(*args, env={"COLUMNS": "40", **(env or {})}, cwd=cwd)  # a narrow terminal
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
