@@ -16,14 +16,16 @@ trace, unknown team, a missing extra), always as one line on stderr naming what 
 Progress goes to stderr on a terminal (or with ``--progress``); results to stdout, with
 identifiers cut to the terminal's width only when stdout is a terminal.
 
-Adding a command (e.g. ``demo``): in a module listed in `EXTENSIONS`, at import time,
+Adding a command: in a module listed in `EXTENSIONS` (imported when present), at import time,
 
     from ownership_ctx.cli import Command, register
-    register(Command("demo", "run the demo", configure=add_arguments, run=run, store=False))
+    register(Command("weekly", "the weekly digest", configure=add_arguments, run=run))
 
 ``run(args, ctx) -> int`` gets the parsed arguments and a `Context` (output streams, progress,
 and for ``store=True`` commands the opened store and range). Keep that module's heavy imports
-inside ``run`` so ``ownership-ctx --help`` stays fast.
+inside ``run`` so ``ownership-ctx --help`` stays fast. The package's own ``demo`` is registered
+here, explicitly: `ownership_ctx.demo` does not import this module (no import cycle); it gets
+`main` as an argument to run the reports with.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import IO, Final
 
-from ownership_ctx import __version__
+from ownership_ctx import __version__, demo
+from ownership_ctx.exit_codes import EXIT_BREACHED, EXIT_OK, EXIT_USAGE
 from ownership_ctx.reports import rendering as render_module
 from ownership_ctx.reports.source import Source, StoreError, open_source
 from ownership_ctx.reports.timerange import (
@@ -64,9 +67,6 @@ __all__ = [
     "register",
 ]
 
-EXIT_OK: Final = 0
-EXIT_BREACHED: Final = 1
-EXIT_USAGE: Final = 2
 DEFAULT_DB: Final = DEFAULT_URL
 #: A module that is not installed -> the extra that installs it.
 EXTRAS: Final = {
@@ -88,7 +88,7 @@ EXTRAS: Final = {
     "structlog": "structlog",
 }
 #: Modules imported (when present) to register more commands: see the module docstring.
-EXTENSIONS: tuple[str, ...] = ("ownership_ctx.demo",)
+EXTENSIONS: tuple[str, ...] = ()
 
 
 class Progress:
@@ -475,6 +475,13 @@ for _command in (
         _report_args,
         _report,
         check=_check_report,
+    ),
+    Command(
+        "demo",
+        demo.HELP,
+        demo.add_arguments,
+        lambda args, ctx: demo.run(args, ctx, cli=main),
+        store=False,
     ),
 ):
     register(_command)

@@ -15,13 +15,20 @@ import datetime as dt
 import importlib
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final, Protocol
 
-from ..cli import EXIT_BREACHED, EXIT_OK, Command, Context, register
+from ..exit_codes import EXIT_BREACHED, EXIT_OK
 from ..reports.timerange import UsageError
 
-__all__ = ["MARKER", "prepare_directory", "run"]
+if TYPE_CHECKING:
+    from ..cli import Context
+
+__all__ = ["HELP", "MARKER", "add_arguments", "prepare_directory", "run"]
+
+#: What ``ownership-ctx --help`` says of the ``demo`` command (`ownership_ctx.cli` registers it).
+HELP: Final = "two simulated weeks of traffic through every part, then the reports"
 
 DEFAULT_DIR = "ownership-demo"
 BAR_WIDTH = 30
@@ -135,9 +142,15 @@ class Bar:
         self.stream.flush()
 
 
-def run(args: argparse.Namespace, ctx: Context) -> int:
+class Cli(Protocol):
+    """The ``ownership-ctx`` entry point (`ownership_ctx.cli.main`) the reports are run with."""
+
+    def __call__(self, argv: Sequence[str] | None = None, *, out: IO[str] | None = None) -> int: ...
+
+
+def run(args: argparse.Namespace, ctx: Context, *, cli: Cli) -> int:
+    """``ownership-ctx demo``: the traffic, then each report through ``cli(argv, out=...)``."""
     from .. import Keys
-    from ..cli import main as cli
     from ..sinks.config import open_sink
     from .traffic import Parts, drive, plan, simulated
 
@@ -207,14 +220,3 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         f"Done in {time.perf_counter() - started:.1f} s.\n"
     )
     return EXIT_OK
-
-
-register(
-    Command(
-        "demo",
-        "two simulated weeks of traffic through every part, then the reports",
-        add_arguments,
-        run,
-        store=False,
-    )
-)
