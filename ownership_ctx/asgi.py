@@ -165,7 +165,7 @@ class OwnershipMiddleware:
             name=redact_path(path) if unit_of is None else unit_name(unit_of, scope, path),
         )
         scope[SCOPE_KEY] = entry
-        started = time.perf_counter() if events._sink is not None else 0.0
+        started = time.perf_counter() if events.get_sink() is not None else 0.0
         responder = _Responder(send, self._trace_header, entry.trace_id)
         try:
             if entry.envelope is None:
@@ -178,7 +178,7 @@ class OwnershipMiddleware:
             raise
         finally:
             entry.close()
-            if events._sink is not None:
+            if events.get_sink() is not None:
                 route = (
                     route_template(scope) if unit_of is None else unit_name(unit_of, scope, path)
                 )

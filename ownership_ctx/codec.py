@@ -41,7 +41,7 @@ from .envelope import (
     Attribution,
     Envelope,
     Problem,
-    _assemble,
+    assemble_checked,
     check_extra,
     check_field,
 )
@@ -55,6 +55,7 @@ __all__ = [
     "PREFIX",
     "QUEUE_HEADER",
     "TRACEPARENT_HEADER",
+    "TRACE_ENTRY",
     "Parsed",
     "decode",
     "decode_header",
@@ -163,7 +164,8 @@ def trace_id_from_traceparent(value: str | None) -> str | None:
     return trace_id
 
 
-_TRACE_ENTRY: Final = PREFIX + "trace_id="
+#: How the trace id entry of an encoded envelope starts: text without it carries no trace id.
+TRACE_ENTRY: Final = PREFIX + "trace_id="
 _SIGNATURE_ENTRY: Final = PREFIX + "sig="
 _SIGNATURE_VALUE = re.compile(SIGNATURE_VERSION + r":[0-9a-f]{32}")
 _TRACE_KEY: Final = PREFIX + "trace_id"
@@ -183,13 +185,13 @@ def split_volatile(text: str) -> tuple[str | None, str | None, str]:
     the trace id and its signature never do. Anything unusual (a duplicate, odd spacing, a
     malformed signature, the W3C limits near) is left in place for the full parser to judge.
     """
-    if _TRACE_ENTRY not in text:
+    if TRACE_ENTRY not in text:
         return None, None, text  # the common edge case: the trace id comes from traceparent
     if len(text) > _SPLIT_MAX_CHARS or text.count(",") >= MAX_BAGGAGE_ENTRIES - 1:
         # Near the W3C limits the header may be dropped whole, or entries past the 180th
         # skipped: cutting an entry out would change that verdict.
         return None, None, text
-    trace_id, rest = _cut(text, _TRACE_ENTRY, _TRACE_ID)
+    trace_id, rest = _cut(text, TRACE_ENTRY, _TRACE_ID)
     if trace_id is None or trace_id == "0" * 32:
         return None, None, text
     signature, without_signature = _cut(rest, _SIGNATURE_ENTRY, _SIGNATURE_VALUE)
@@ -400,7 +402,7 @@ def unattributed_encoder(keys: Keys | None) -> Callable[[str], str]:
     it) computed once: what every enqueue with nothing bound writes. The signature is still
     computed per trace id. Bypasses the encoder's cache, where each such envelope, used once,
     would only push out envelopes that are used again."""
-    template = _assemble(_NO_TRACE_ID, {}, (), "unattributed")
+    template = assemble_checked(_NO_TRACE_ID, {}, (), "unattributed")
     head, _, tail = _encode_header(template, None).partition(_NO_TRACE_ID)
     if keys is None or not keys.signing_keys:
         return lambda trace_id: f"{head}{trace_id}{tail}"
@@ -538,7 +540,7 @@ def _to_envelope(
     trace_id = parsed.fields.get("trace_id", fallback_trace_id)
     if trace_id is None:
         return None, (*problems, Problem("missing", "trace_id", "no trace id in the carrier"))
-    return _assemble(trace_id, parsed.fields, parsed.extras, parsed.attribution), problems
+    return assemble_checked(trace_id, parsed.fields, parsed.extras, parsed.attribution), problems
 
 
 _OLD_SIGNATURE = re.compile(r"s1:[0-9a-f]{32}")

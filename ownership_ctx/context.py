@@ -25,7 +25,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
 
-_envelope: ContextVar[Envelope | None] = ContextVar("ownership_ctx.envelope", default=None)
+#: The envelope of the running unit of work. Read it with `current`; only the core binds it
+#: (`bind`, and the gate's `Entry`, which keeps the reset token until the unit ends).
+envelope_var: ContextVar[Envelope | None] = ContextVar("ownership_ctx.envelope", default=None)
 
 
 def current() -> Envelope | None:
@@ -33,7 +35,7 @@ def current() -> Envelope | None:
 
     Also a FastAPI dependency: ``envelope: Envelope | None = Depends(current)``.
     """
-    return _envelope.get()
+    return envelope_var.get()
 
 
 class bind:  # noqa: N801 - used like a function: `with bind(env):` / `@bind(env)`
@@ -50,7 +52,7 @@ class bind:  # noqa: N801 - used like a function: `with bind(env):` / `@bind(env
         self._tokens: list[Token[Envelope | None]] = []
 
     def __enter__(self) -> Envelope | None:
-        self._tokens.append(_envelope.set(self._envelope))
+        self._tokens.append(envelope_var.set(self._envelope))
         return self._envelope
 
     def __exit__(
@@ -59,7 +61,7 @@ class bind:  # noqa: N801 - used like a function: `with bind(env):` / `@bind(env
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        _envelope.reset(self._tokens.pop())
+        envelope_var.reset(self._tokens.pop())
 
     def __call__(self, fn: F) -> F:
         envelope = self._envelope
@@ -67,31 +69,23 @@ class bind:  # noqa: N801 - used like a function: `with bind(env):` / `@bind(env
 
             @functools.wraps(fn)
             async def async_bound(*args: Any, **kwargs: Any) -> Any:
-                token = _envelope.set(envelope)
+                token = envelope_var.set(envelope)
                 try:
                     return await fn(*args, **kwargs)
                 finally:
-                    _envelope.reset(token)
+                    envelope_var.reset(token)
 
             return async_bound  # type: ignore[return-value]
 
         @functools.wraps(fn)
         def bound(*args: Any, **kwargs: Any) -> Any:
-            token = _envelope.set(envelope)
+            token = envelope_var.set(envelope)
             try:
                 return fn(*args, **kwargs)
             finally:
-                _envelope.reset(token)
+                envelope_var.reset(token)
 
         return bound  # type: ignore[return-value]
-
-
-def _set(envelope: Envelope | None) -> Token[Envelope | None]:
-    return _envelope.set(envelope)
-
-
-def _reset(token: Token[Envelope | None]) -> None:
-    _envelope.reset(token)
 
 
 def propagate(fn: Callable[P, R]) -> Callable[P, R]:

@@ -324,9 +324,11 @@ def _build(
     return cast(Envelope, draft)
 
 
-def _with_trace_id(template: Envelope, trace_id: str) -> Envelope:
+def with_checked_trace_id(template: Envelope, trace_id: str) -> Envelope:
     """``template`` with another trace id, which the caller has already checked (the gate's
-    per-request copy of a cached decision). `_build` written out: one call less per request."""
+    per-request copy of a cached decision). `_build` written out: one call less per request.
+
+    For the core only, like `assemble_checked`."""
     draft = _new(_Draft)
     draft.trace_id = trace_id
     draft.owner_team = template.owner_team
@@ -342,7 +344,7 @@ def _with_trace_id(template: Envelope, trace_id: str) -> Envelope:
     return cast(Envelope, draft)
 
 
-def _assemble(
+def assemble_checked(
     trace_id: str,
     fields: Mapping[str, str],
     extras: tuple[tuple[str, str], ...],

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from . import events
 
-__all__ = ["REDACTED", "redact_path", "unit_name"]
+__all__ = ["REDACTED", "redact_path", "shown", "unit_name"]
 
 logger = logging.getLogger("ownership_ctx")
 
@@ -68,13 +68,18 @@ def redact_path(path: str) -> str:
         return redacted
     segments = path.split("/")
     redacted = "/".join(REDACTED if s and _is_identifier(s) else s for s in segments)
-    if len(redacted) > _MAX_SHOWN:
-        redacted = redacted[: _MAX_SHOWN - 1] + "…"
+    redacted = shown(redacted)
     if len(path) <= _CACHEABLE:
         if len(_cache) >= _CACHE_SIZE:
             _cache.clear()
         _cache[path] = redacted
     return redacted
+
+
+def shown(name: str) -> str:
+    """``name`` bounded to 256 characters (cut with an ellipsis) for logs and events: units
+    are request paths too, and a client chooses their length."""
+    return name if len(name) <= _MAX_SHOWN else name[: _MAX_SHOWN - 1] + "…"
 
 
 _unit_of_failed: list[bool] = []

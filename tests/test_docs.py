@@ -216,8 +216,13 @@ def test_the_flask_adoption_path(isolated: Path) -> None:
 def test_the_core_modules_the_layout_names_import_only_the_standard_library() -> None:
     # docs/layout.md and the team contract: the core runs without any third-party package.
     text = (ROOT / "docs" / "layout.md").read_text()
-    (line,) = [ln for ln in text.splitlines() if "core: standard library only" in ln]
-    core = [name.strip() for name in line.split("core:")[0].split(",")]
+    lines = text.splitlines()
+    (start,) = [i for i, ln in enumerate(lines) if ln.strip() == "core: standard library only"]
+    core = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("    "):  # the lines indented under "core:" name its modules
+            break
+        core += [name.strip() for name in line.strip().split("  ")[0].split(",")]
     assert "gate" in core and "units" in core
     for name in core:
         path = ROOT / "ownership_ctx" / f"{name}.py"

@@ -9,7 +9,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
-from ..gate import set_enter_hook, set_trace_id_source
+from ..hooks import set_enter_hook, set_trace_id_source
 from .spans import OwnershipSpanProcessor, active_trace_id, annotate_active_span
 
 __all__ = ["OwnershipInstrumentor"]

@@ -304,10 +304,10 @@ from celery import Celery
 from dramatiq.broker import Broker
 from flask import Flask
 from starlette.applications import Starlette
-from ownership_ctx import events, gate
+from ownership_ctx import events, hooks
 
 print(json.dumps({
-    "ownership_ctx": gate._trace_id_source is not None,
+    "ownership_ctx": hooks.installed.trace_id_source is not None,
     "ownership_ctx_sink": events.get_sink() is not None,
     "ownership_ctx_asgi": hasattr(Starlette.build_middleware_stack, "__wrapped__"),
     "ownership_ctx_flask": hasattr(Flask.__call__, "__wrapped__"),

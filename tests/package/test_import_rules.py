@@ -12,7 +12,6 @@ from pathlib import Path
 
 from tests.support import imports
 
-
 #: Cycles being removed on another branch (issue 18: the store package replaces these modules).
 #: Delete the entry when that branch is merged; nothing may be added here.
 BEING_REMOVED = [
@@ -32,6 +31,11 @@ def test_the_package_has_no_import_cycles() -> None:
     )
 
 
+def test_no_module_imports_another_modules_private_names() -> None:
+    found = imports.private_imports()
+    assert found == [], "private names used across modules:\n" + "\n".join(found)
+
+
 def test_the_checks_see_deferred_cyclic_and_private_imports(tmp_path: Path) -> None:
     # The checks themselves: a package with a hidden cycle and a borrowed private name.
     package = tmp_path / imports.PACKAGE
@@ -47,8 +51,16 @@ def test_the_checks_see_deferred_cyclic_and_private_imports(tmp_path: Path) -> N
         "if TYPE_CHECKING:\n    from . import d\nx = a._state\n"
     )
     (package / "sub" / "d.py").write_text("from . import c\n")
+    (package / "plugins.py").write_text(
+        "import importlib\nNAMES = ('ownership_ctx.host',)\n"
+        "def load():\n    for name in NAMES:\n        importlib.import_module(name)\n"
+    )
+    (package / "host.py").write_text("from .plugins import load\n")
     edges = imports.graph(tmp_path)
-    assert imports.cycles(edges) == [["ownership_ctx.a", "ownership_ctx.b"]]
+    assert imports.cycles(edges) == [
+        ["ownership_ctx.a", "ownership_ctx.b"],
+        ["ownership_ctx.host", "ownership_ctx.plugins"],
+    ]
     assert imports.private_imports(tmp_path) == [
         f"{Path('ownership_ctx/sub/c.py')}:3: _hidden from ownership_ctx.b",
         f"{Path('ownership_ctx/sub/c.py')}:6: _state from ownership_ctx.a",

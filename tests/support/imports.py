@@ -1,8 +1,10 @@
 """The package's import graph, read from the source tree (AST only: nothing is imported).
 
 An edge is every import a module can execute: at module level, inside functions, and
-``importlib.import_module("literal")``; imports under ``if TYPE_CHECKING:`` are left out (they
-never run). A parent package imported implicitly (``a.b`` runs ``a/__init__``) is not an edge.
+``importlib.import_module("literal")`` (in a module that imports a computed name, every string
+constant that names a module of the package counts: a list of plugins); imports under
+``if TYPE_CHECKING:`` are left out (they never run). A parent package imported implicitly
+(``a.b`` runs ``a/__init__``) is not an edge.
 """
 
 from __future__ import annotations
@@ -107,6 +109,20 @@ def imports(module: Module, known: dict[str, Module]) -> Iterator[Import]:
             target = _absolute(module, 0, node.args[0].value)
             if target in known:
                 yield Import(module.name, target, (), node.lineno)
+    if any(_imports_a_computed_name(node) for node in _runtime_nodes(tree)):
+        for node in _runtime_nodes(tree):
+            if isinstance(node, ast.Constant) and node.value in known:
+                yield Import(module.name, str(node.value), (), node.lineno)
+
+
+def _imports_a_computed_name(node: ast.AST) -> bool:
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "import_module"
+        and bool(node.args)
+        and not isinstance(node.args[0], ast.Constant)
+    )
 
 
 def module_aliases(module: Module, known: dict[str, Module]) -> dict[str, str]:
