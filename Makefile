@@ -53,7 +53,7 @@ bench-10m: $(STAMP)
 # The property tests with many more examples than CI runs.
 property-long: $(STAMP)
 	OWNERSHIP_CTX_PROPERTY_SCALE=30 OWNERSHIP_CTX_DRAMATIQ_EXAMPLES=200 \
-	OC_CELERY_PROPERTY_EXAMPLES=200 $(PY) -m pytest tests/test_codec_properties.py \
+	OC_CELERY_PROPERTY_EXAMPLES=200 $(PY) -m pytest tests/core/test_codec_properties.py \
 	  tests/dramatiq/test_dramatiq_property.py tests/celery/test_celery_property.py
 
 # Proof at scale (docs/proof-at-scale.md): per queue library and broker, random workflows until

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from ownership_ctx import events
+from tests.support.sinks import ListSink, collecting_events
 
 REQUIRE_ENV = "OWNERSHIP_CTX_REQUIRE_BROKERS"
 REDIS_URL = os.environ.get("OWNERSHIP_CTX_REDIS_URL", "redis://127.0.0.1:6379")
@@ -57,20 +57,22 @@ def postgres_url() -> str:
     return _service("PostgreSQL", POSTGRES_URL)
 
 
-class ListSink:
-    def __init__(self) -> None:
-        self.events: list[dict[str, object]] = []
-
-    def emit(self, event: object) -> None:
-        self.events.append(dict(event))  # type: ignore[call-overload]
-
-
 @pytest.fixture
 def event_sink() -> Iterator[ListSink]:
     """Collect the events ownership_ctx emits during one test."""
-    sink = ListSink()
-    previous = events.set_sink(sink)
-    try:
+    with collecting_events() as sink:
         yield sink
-    finally:
-        events.set_sink(previous)
+
+
+@pytest.fixture(params=[False, True], ids=["no-sink", "sink"])
+def maybe_sink(request: pytest.FixtureRequest) -> ListSink | None:
+    """Run the test without and with an event sink: the edge middleware takes its recording
+    path only when a sink is set, so both paths are tested."""
+    return request.getfixturevalue("event_sink") if request.param else None
+
+
+@pytest.fixture
+def no_key_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No hash or signing keys from the environment: `Keys.from_env()` gives empty keys."""
+    monkeypatch.delenv("OWNERSHIP_CTX_HASH_KEY", raising=False)
+    monkeypatch.delenv("OWNERSHIP_CTX_SIGNING_KEYS", raising=False)

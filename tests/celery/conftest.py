@@ -1,8 +1,8 @@
-"""Fixtures for the Celery tests: real workers (see `celery_support`), started once per session."""
+"""Fixtures for the Celery tests: real workers (see `tests.celery.support`), started once per
+session."""
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,13 +11,8 @@ from typing import Any
 import pytest
 import redis
 
-from tests import proof
-
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))  # the worker imports these modules by name too
-
-from celery_support import CONFIGS, RECORDS_KEY, REDIS_DB, SESSION, Farm, Worker, _answers  # noqa: E402
+from tests.celery.support import CONFIGS, RECORDS_KEY, REDIS_DB, SESSION, Farm, Worker, _answers
+from tests.support import proof
 
 
 @pytest.fixture(scope="session")

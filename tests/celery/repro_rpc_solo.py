@@ -19,14 +19,13 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parents[1])]
+sys.path[:0] = [str(HERE.parents[1])]
 
 
 def main(hooks: str, rounds: int) -> int:
-    os.environ["OC_HOOKS"] = hooks  # read by celery_testapp.make_app, here and in the worker
-    from celery_support import Config, Worker, make_envelope, new_wf, records
-
+    os.environ["OC_HOOKS"] = hooks  # read by tests.celery.app.make_app, here and in the worker
     from ownership_ctx import bind
+    from tests.celery.support import Config, Worker, make_envelope, new_wf, records
 
     name = f"rpc-solo-hooks{hooks}-{os.getpid()}"
     worker = Worker(Config(name, "rabbitmq", "rpc", "solo", 1), Path(tempfile.mkdtemp()))

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
-import celery_testapp
 import pytest
-from celery_support import Worker, make_envelope, new_wf, raw_publish, wait_records
 
 from ownership_ctx import Keys, new_trace_id
 from ownership_ctx.codec import QUEUE_HEADER, encode_header
+from tests.celery import app as celery_app
+from tests.celery.support import Worker, make_envelope, new_wf, raw_publish, wait_records
 
 FORGER = Keys(signing_keys=(b"not-the-shared-key-of-the-tests",))
 
 
 def _bad_headers() -> dict[str, Any]:
     env = make_envelope("EVIL-1", extras=False)
-    signed = encode_header(env, celery_testapp.KEYS)
+    signed = encode_header(env, celery_app.KEYS)
     trace = new_trace_id()
     return {
         "malformed": f"ownership.v=1,ownership.trace_id={trace},ownership.owner_team=EVIL team!",
@@ -57,7 +57,7 @@ def run_all(w: Worker) -> dict[str, Any]:
         w.app,
         "oc.e.node",
         ({"wf": wf_good, "label": "e"},),
-        {QUEUE_HEADER: encode_header(good, celery_testapp.KEYS)},
+        {QUEUE_HEADER: encode_header(good, celery_app.KEYS)},
     )
     raw_publish(
         w.app,

@@ -13,15 +13,15 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-import celery_testapp
 import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
-from celery_support import make_envelope, new_wf, wait_records
 
 from ownership_ctx import Envelope, Keys, Policy, bind, current, events
 from ownership_ctx.celery import install
 from ownership_ctx.codec import QUEUE_HEADER, encode_header
+from tests.celery import app as celery_app
+from tests.celery.support import make_envelope, new_wf, wait_records
 
 BOUND = make_envelope("bound")
 OTHER = make_envelope("other")
@@ -36,7 +36,7 @@ CASES: dict[str, tuple[Any, Envelope]] = {
     "unsigned_other_team": (encode_header(OTHER), BOUND),
     "wrong_key": (encode_header(OTHER, FORGER), BOUND),
     "not_text": (12345, BOUND),
-    "signed_other_team": (encode_header(OTHER, celery_testapp.KEYS), OTHER),
+    "signed_other_team": (encode_header(OTHER, celery_app.KEYS), OTHER),
 }
 
 
@@ -69,7 +69,7 @@ def embedded() -> Iterator[tuple[Celery, list[tuple[str, Envelope | None]]]]:
             seen.append((label, current()))
 
     policy = Policy(mode="quarantine", extra_keys=("cost_center",))
-    hooks = install(app, policy=policy, keys=celery_testapp.KEYS)
+    hooks = install(app, policy=policy, keys=celery_app.KEYS)
     try:
         with start_worker(app, pool="solo", perform_ping_check=False, loglevel="WARNING"):
             yield app, seen
@@ -108,7 +108,7 @@ def test_on_an_embedded_worker_and_refusals_are_logged_once_per_reason(
 
 def test_with_nothing_bound_the_callers_envelope_is_published_as_it_is(embedded: Any) -> None:
     app, seen = embedded
-    value = encode_header(OTHER, celery_testapp.KEYS)
+    value = encode_header(OTHER, celery_app.KEYS)
     app.tasks["oc.caller.record"].apply_async(("unbound",), headers={QUEUE_HEADER: value}).get(
         timeout=30
     )

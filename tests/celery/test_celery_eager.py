@@ -9,14 +9,14 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-import celery_testapp
 import pytest
 from celery import Celery, chain, group
 from celery._state import _set_task_join_will_block
-from celery_support import make_envelope
 
 from ownership_ctx import Envelope, bind, current
 from ownership_ctx.celery import install
+from tests.celery import app as celery_app
+from tests.celery.support import make_envelope
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def eager() -> Iterator[tuple[Celery, list[tuple[str, Envelope | None]]]]:
         seen.append((label, current()))
         return label
 
-    hooks = install(app, policy=celery_testapp.POLICIES["main"], keys=celery_testapp.KEYS)
+    hooks = install(app, policy=celery_app.POLICIES["main"], keys=celery_app.KEYS)
     try:
         yield app, seen
     finally:

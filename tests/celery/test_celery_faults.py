@@ -32,11 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import celery_testapp
 import pytest
 from celery import chord, group
 from celery.canvas import _chain
-from celery_support import (
+from hypothesis import HealthCheck, Phase, given, settings
+
+from ownership_ctx import Envelope, bind
+from tests.celery import app as celery_app
+from tests.celery.support import (
     SESSION,
     Config,
     Worker,
@@ -45,10 +48,13 @@ from celery_support import (
     records,
     wait_records,
 )
-from hypothesis import HealthCheck, Phase, given, settings
-
-from ownership_ctx import Envelope, bind
-from tests.faults import RabbitNode, RedisServer, ResettingProxy, private_broker, require_binary
+from tests.support.faults import (
+    RabbitNode,
+    RedisServer,
+    ResettingProxy,
+    private_broker,
+    require_binary,
+)
 
 pytestmark = pytest.mark.brokers
 #: Workflows per fault: 6 x ``OC_FAULT_SCALE`` (default 1; CI keeps it small).
@@ -57,7 +63,7 @@ SCALE = int(os.environ.get("OC_FAULT_SCALE", "1"))
 #: (the other library's fault tests cover redis in CI).
 KINDS = ["redis", "rabbitmq"] if os.environ.get("OC_FAULTS_ALL") == "1" else ["rabbitmq"]
 _numbers = itertools.count()
-#: ``OC_HOOKS=0``: the same scenarios without ownership_ctx installed (celery_testapp), to tell
+#: ``OC_HOOKS=0``: the same scenarios without ownership_ctx installed (tests.celery.app), to tell
 #: Celery's behaviour from ours; only the counts are checked then.
 HOOKS = os.environ.get("OC_HOOKS", "1") == "1"
 
@@ -117,7 +123,7 @@ def executions(signature: Any) -> collections.Counter[tuple[str, int]]:
 
 
 def publish(w: Worker, n: int) -> Run:
-    from test_celery_property import build
+    from tests.celery.test_celery_property import build
 
     run = Run({}, {}, {})
     for i in range(n):
@@ -218,7 +224,7 @@ def worker_on(
         env={**base, **(env or {})},
     )
     w.app.conf.broker_transport_options = (
-        {"confirm_publish": True} if kind == "rabbitmq" else celery_testapp.fast_restore(3)
+        {"confirm_publish": True} if kind == "rabbitmq" else celery_app.fast_restore(3)
     )
     w.start()
     w.wait_ready()
@@ -347,7 +353,7 @@ def test_connection_reset_between_publish_and_consume(
 
 def test_pool_processes_replaced_after_every_task(worker_for: Any, record_property: Any) -> None:
     """Random workflows on a prefork worker whose pool processes each run one task only."""
-    from test_celery_property import run_workflows, workflows
+    from tests.celery.test_celery_property import run_workflows, workflows
 
     worker_for("redis-prefork")  # the shared Redis answers (skips / fails like the others)
     config = Config(f"maxtasks-{next(_numbers)}", "redis", "redis", "prefork", 2)

@@ -10,12 +10,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from celery_support import make_envelope, new_wf, wait_records
 from opentelemetry import baggage, context
 from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 
 from ownership_ctx import bind
+from tests.celery.support import make_envelope, new_wf, wait_records
 
 
 @pytest.fixture

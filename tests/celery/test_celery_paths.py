@@ -15,14 +15,14 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import celery_testapp
 import pytest
 from celery import chain, chord, group
 from celery.beat import ScheduleEntry, Scheduler
-from celery_support import CONFIGS, Worker, make_envelope, new_wf, raw_publish, wait_records
 
 from ownership_ctx import Envelope, bind
 from ownership_ctx.codec import QUEUE_HEADER, encode_header
+from tests.celery import app as celery_app
+from tests.celery.support import CONFIGS, Worker, make_envelope, new_wf, raw_publish, wait_records
 
 PATH_CONFIGS = [
     "redis-prefork",
@@ -243,14 +243,14 @@ def s_nested_header_only(w: Worker, wf: str, env: Envelope) -> Expect:
 
 
 def _signed_header(w: Worker, env: Envelope) -> str:
-    return encode_header(env, celery_testapp.KEYS)
+    return encode_header(env, celery_app.KEYS)
 
 
 def stamped_from_configuration(recs: list[Record], _: Any) -> None:
     [env] = [r["env"] for r in recs]
     assert env == {
         "trace_id": env["trace_id"],
-        **celery_testapp.BEAT_DEFAULTS,
+        **celery_app.BEAT_DEFAULTS,
         "attribution": "stamped",
     }
 

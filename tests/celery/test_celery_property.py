@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 from celery import chain, chord, group
-from celery_support import Worker, make_envelope, new_wf, records, wait_records
 from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 
 from ownership_ctx import bind
-from tests import proof
+from tests.celery.support import Worker, make_envelope, new_wf, records, wait_records
+from tests.support import proof
 
 EXAMPLES = int(os.environ.get("OC_CELERY_PROPERTY_EXAMPLES", "6"))
 _labels = itertools.count()

@@ -6,20 +6,20 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import celery_testapp
 import pytest
 from celery import Celery
-from celery_support import REDIS_DB, make_envelope
 from kombu import Queue
 
 from ownership_ctx import bind
 from ownership_ctx.codec import QUEUE_HEADER, encode_header, parse
+from tests.celery import app as celery_app
+from tests.celery.support import REDIS_DB, make_envelope
 
 
 @pytest.fixture
 def app(redis_url: str) -> Iterator[Celery]:
     queue = f"oc-wire-{uuid.uuid4().hex[:8]}"
-    app = celery_testapp.make_app(
+    app = celery_app.make_app(
         broker=REDIS_DB, backend=None, queue=queue, records_url=REDIS_DB, records_key="unused"
     )
     try:
@@ -44,7 +44,7 @@ def test_envelope_at_top_level_and_mirrored_into_nested_headers(app: Celery) -> 
     env = make_envelope("wire")
     with bind(env):
         headers = published(app)
-    expected = encode_header(env, celery_testapp.KEYS)  # signed: the app has signing keys
+    expected = encode_header(env, celery_app.KEYS)  # signed: the app has signing keys
     assert headers[QUEUE_HEADER] == expected
     assert headers["headers"] == {QUEUE_HEADER: expected}
 
@@ -62,7 +62,7 @@ def test_publish_without_envelope_is_marked_unattributed_never_reused(app: Celer
 
 @pytest.mark.brokers
 def test_existing_envelope_is_kept_and_foreign_nested_headers_are_not_mutated(app: Celery) -> None:
-    original = encode_header(make_envelope("original"), celery_testapp.KEYS)
+    original = encode_header(make_envelope("original"), celery_app.KEYS)
     vendor = {"vendor-trace": "abc"}
     with bind(make_envelope("current")):
         headers = published(app, headers={QUEUE_HEADER: original, "headers": vendor})

@@ -16,9 +16,9 @@ import uuid
 from typing import Any
 
 import pytest
-from celery_support import make_envelope, new_wf, records, wait_records
 
 from ownership_ctx import bind
+from tests.celery.support import make_envelope, new_wf, records, wait_records
 
 
 @pytest.mark.brokers

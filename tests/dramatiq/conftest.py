@@ -23,7 +23,6 @@ import dramatiq
 import pytest
 from dramatiq.broker import Broker
 
-from tests import proof
 from tests.dramatiq.app import (
     Actors,
     LogToRecorder,
@@ -33,7 +32,8 @@ from tests.dramatiq.app import (
     make_broker,
     make_rate_limiter,
 )
-from tests.dramatiq.helpers import SESSION, unique
+from tests.dramatiq.support import SESSION, unique
+from tests.support import proof
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOYMENTS = ("redis-inproc", "redis-cli", "rabbitmq-inproc", "rabbitmq-cli")

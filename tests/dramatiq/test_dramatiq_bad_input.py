@@ -13,7 +13,7 @@ from ownership_ctx import Keys, bind, encode_header
 from ownership_ctx.codec import QUEUE_HEADER
 from tests.dramatiq.app import SIGNING_KEY
 from tests.dramatiq.conftest import Deployment
-from tests.dramatiq.helpers import envelope, seen, unique
+from tests.dramatiq.support import envelope, seen, unique
 
 FORGED_ENV = envelope(owner_team="victim-team")
 SIGNED = encode_header(FORGED_ENV, Keys(signing_keys=(SIGNING_KEY,)))

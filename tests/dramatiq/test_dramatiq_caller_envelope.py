@@ -16,7 +16,7 @@ from ownership_ctx import Keys, bind, encode_header, events
 from ownership_ctx.codec import QUEUE_HEADER
 from tests.dramatiq.app import keys
 from tests.dramatiq.conftest import Deployment
-from tests.dramatiq.helpers import envelope, seen, unique
+from tests.dramatiq.support import envelope, seen, unique
 
 OTHER = envelope(owner_team="other-team")
 CALLERS: dict[str, tuple[Any, str]] = {

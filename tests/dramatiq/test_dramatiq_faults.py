@@ -34,8 +34,14 @@ import pytest
 from ownership_ctx import Envelope, bind, new_trace_id
 from tests.dramatiq.app import Recorder, declare, env_from, install, make_broker, make_rate_limiter
 from tests.dramatiq.conftest import Deployment, _start_cli
-from tests.dramatiq.helpers import SESSION, envelope, unique
-from tests.faults import RabbitNode, RedisServer, ResettingProxy, private_broker, require_binary
+from tests.dramatiq.support import SESSION, envelope, unique
+from tests.support.faults import (
+    RabbitNode,
+    RedisServer,
+    ResettingProxy,
+    private_broker,
+    require_binary,
+)
 
 pytestmark = pytest.mark.brokers
 #: Workflows per fault: 12 x ``OC_FAULT_SCALE`` (default 1; CI keeps it small).

@@ -14,7 +14,7 @@ import pytest
 
 from tests.dramatiq.app import Recorder, make_broker
 from tests.dramatiq.conftest import _cleanup_broker, release_connections
-from tests.dramatiq.helpers import SESSION
+from tests.dramatiq.support import SESSION
 
 pytestmark = pytest.mark.brokers
 

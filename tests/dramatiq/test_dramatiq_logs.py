@@ -10,7 +10,7 @@ import pytest
 
 from ownership_ctx import bind
 from tests.dramatiq.conftest import Deployment
-from tests.dramatiq.helpers import envelope, unique
+from tests.dramatiq.support import envelope, unique
 
 pytestmark = pytest.mark.brokers
 

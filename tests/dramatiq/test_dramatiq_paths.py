@@ -14,7 +14,7 @@ import pytest
 from ownership_ctx import bind
 from tests.dramatiq.app import STAMP_DEFAULTS
 from tests.dramatiq.conftest import Deployment
-from tests.dramatiq.helpers import bare, envelope, nodes, seen, unique
+from tests.dramatiq.support import bare, envelope, nodes, seen, unique
 
 pytestmark = pytest.mark.brokers
 

@@ -24,10 +24,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from ownership_ctx import Envelope, bind, new_trace_id
-from tests import proof
 from tests.dramatiq.app import env_from
 from tests.dramatiq.conftest import Deployment
-from tests.dramatiq.helpers import unique
+from tests.dramatiq.support import unique
+from tests.support import proof
 
 pytestmark = pytest.mark.brokers
 EXAMPLES = int(os.environ.get("OWNERSHIP_CTX_DRAMATIQ_EXAMPLES", "10"))

@@ -12,7 +12,7 @@ from ownership_ctx import Envelope, Keys, Policy, bind, current, encode_header
 from ownership_ctx.codec import QUEUE_HEADER
 from ownership_ctx.dramatiq import OwnershipMiddleware
 from tests.dramatiq.conftest import Deployment
-from tests.dramatiq.helpers import bare, envelope, nodes, seen, unique
+from tests.dramatiq.support import bare, envelope, nodes, seen, unique
 
 
 def _names(broker: dramatiq.Broker) -> list[str]:

@@ -1,7 +1,7 @@
 """Every ```python block of docs/security.md runs as written.
 
 Each block standalone: a fresh namespace, the current directory a fresh temporary directory,
-in file order, with the event sink restored afterwards (the way tests/test_docs.py runs every
+in file order, with the event sink restored afterwards (the way tests/docs/test_docs.py runs every
 page).
 """
 
@@ -19,7 +19,7 @@ from ownership_ctx import Envelope, Gate, Keys, Policy, encode_header, events
 from ownership_ctx.codec import QUEUE_HEADER
 from ownership_ctx.sinks import MemorySink
 
-PAGE = Path(__file__).resolve().parent.parent / "docs" / "security.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 BLOCK = re.compile(r"^```python\n(.*?)^```$", re.DOTALL | re.MULTILINE)
 
 

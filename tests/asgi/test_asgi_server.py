@@ -23,8 +23,8 @@ from starlette.routing import Mount, Route
 
 from ownership_ctx import Policy, current, hash_identifier
 from ownership_ctx.asgi import OwnershipMiddleware
-from tests.conftest import ListSink
 from tests.support.servers import uvicorn_server
+from tests.support.sinks import ListSink
 
 OWNED = {"x-owner-team": "search", "x-workflow-id": "triage", "x-feature": "summarize"}
 TRACE_ID = re.compile(r"[0-9a-f]{32}")
@@ -155,7 +155,7 @@ def _uvicorn(tmp_path: Path, env: dict[str, str]) -> subprocess.Popen[str]:
 
 def _environment(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OWNERSHIP_CTX_")}
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, (root, env.get("PYTHONPATH"))))
     return {**env, **extra}
 

@@ -52,6 +52,7 @@ from ownership_ctx import (
 )
 from ownership_ctx.asgi import OwnershipMiddleware
 from ownership_ctx.envelope import ATTRIBUTIONS
+from tests.support.sinks import ListSink, collecting_events
 
 HASH_KEY = b"concurrency-hash-key-0123456789"
 REQUIRED = ("owner_team", "workflow_id", "feature")
@@ -500,25 +501,6 @@ async def after_the_burst(
     assert traces[without.rid] not in {*previous.values(), full.trace_id}
 
 
-class ListSink:
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def emit(self, event: dict[str, Any]) -> None:
-        self.events.append(dict(event))
-
-
-@contextlib.contextmanager
-def event_sink() -> Iterator[ListSink]:
-    """Events on: the middleware then takes its recording path (hypothesis-friendly, no fixture)."""
-    sink = ListSink()
-    previous = events.set_sink(sink)
-    try:
-        yield sink
-    finally:
-        events.set_sink(previous)
-
-
 async def wait_for_request_events(
     sink: ListSink, trace_ids: Iterable[str], timeout: float = 20.0
 ) -> None:
@@ -568,7 +550,7 @@ async def test_in_process_burst(anyio_backend: str, spec_list: list[Spec]) -> No
     sessions = make_sessions(spec_list, N_SESSIONS)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://edge.test") as client:
-        with event_sink() as sink:
+        with collecting_events() as sink:
             traces, ws_traces = await asyncio.gather(
                 http_burst(client, requests),
                 asyncio.gather(*(in_process_session(app, r) for r in sessions)),
@@ -635,7 +617,7 @@ async def test_uvicorn_burst(anyio_backend: str, server: Server, spec_list: list
     sessions = make_sessions(spec_list, N_SESSIONS)
     limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
     async with httpx.AsyncClient(base_url=server.http, limits=limits, timeout=30) as client:
-        with event_sink() as sink:  # on one server: the recording path under real load too
+        with collecting_events() as sink:  # on one server: the recording path under real load too
             if server.loop != "asyncio":
                 events.set_sink(None)
             traces, ws_traces = await asyncio.gather(

@@ -72,10 +72,7 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(autouse=True)
-def _no_key_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("OWNERSHIP_CTX_HASH_KEY", raising=False)
-    monkeypatch.delenv("OWNERSHIP_CTX_SIGNING_KEYS", raising=False)
+pytestmark = pytest.mark.usefixtures("no_key_env")
 
 
 def bag(*entries: tuple[str, str], **fields: str) -> str:
@@ -723,12 +720,6 @@ class Probe:
         self.outside.append(current())
         await self.app(scope, receive, send)
         self.outside.append(current())
-
-
-@pytest.fixture(params=[False, True], ids=["no-sink", "sink"])
-def maybe_sink(request: pytest.FixtureRequest) -> Any:
-    """With an event sink set the middleware takes its recording path: test both."""
-    return request.getfixturevalue("event_sink") if request.param else None
 
 
 @pytest.mark.anyio

@@ -21,7 +21,7 @@ from ownership_ctx import events
 from ownership_ctx.metering.schema import FIELDS
 from ownership_ctx.testing.fake_providers import FakeProviders
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^```python\n(.*?)^```", flags=re.M | re.S)
 # [text](target) — the target up to a space or the closing parenthesis.
@@ -269,6 +269,13 @@ def test_the_make_targets_the_docs_name_exist() -> None:
     assert {"demo", "test", "bench", "proof", "faults"} <= targets
     phony = (ROOT / "Makefile").read_text().split(".PHONY:")[1].splitlines()[0].split()
     assert targets <= set(phony)
+
+
+def test_every_test_file_the_makefile_names_exists() -> None:
+    # Moving a test file must not leave `make property-long` / `proof` / `faults` behind.
+    named = re.findall(r"\btests/[\w/]+\.py\b", (ROOT / "Makefile").read_text())
+    assert named
+    assert [path for path in named if not (ROOT / path).is_file()] == []
 
 
 def test_make_proof_and_make_faults_run_what_proof_at_scale_says() -> None:

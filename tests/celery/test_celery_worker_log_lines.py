@@ -17,7 +17,7 @@ import pytest
 
 from ownership_ctx import Envelope, bind
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 APP = """
 import logging

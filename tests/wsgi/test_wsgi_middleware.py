@@ -51,10 +51,7 @@ FULL = Envelope(
 )
 
 
-@pytest.fixture(autouse=True)
-def _no_key_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("OWNERSHIP_CTX_HASH_KEY", raising=False)
-    monkeypatch.delenv("OWNERSHIP_CTX_SIGNING_KEYS", raising=False)
+pytestmark = pytest.mark.usefixtures("no_key_env")
 
 
 def bag(**fields: str) -> str:
@@ -348,12 +345,6 @@ def test_rules_resolver_and_signed_trust() -> None:
 
 
 # --- the unit of work: view, streaming, close -------------------------------------------------
-
-
-@pytest.fixture(params=[False, True], ids=["no-sink", "sink"])
-def maybe_sink(request: pytest.FixtureRequest) -> Any:
-    """With an event sink set the middleware takes its recording path: test both."""
-    return request.getfixturevalue("event_sink") if request.param else None
 
 
 def test_bound_in_the_view_the_streamed_body_and_the_close(maybe_sink: Any) -> None:

@@ -12,7 +12,7 @@ import pytest
 from ownership_ctx.demo import MARKER, prepare_directory
 from ownership_ctx.reports.timerange import UsageError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_new_or_empty_directory_becomes_the_demos(tmp_path: Path) -> None:

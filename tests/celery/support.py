@@ -1,6 +1,6 @@
 """Real Celery workers on real brokers for the tests: configurations, subprocesses, records.
 
-Each `Config` is one worker subprocess (``celery -A celery_testapp worker``) with its own
+Each `Config` is one worker subprocess (``celery -A tests.celery.app worker``) with its own
 queue name (unique per session, so stale messages cannot interfere) and the test process's
 twin app to publish with. Workers start in parallel on first use and are stopped at the end
 of the session (SIGTERM, then SIGKILL of the process group we started).
@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import celery_testapp
 import redis
 
 from ownership_ctx import Envelope, hash_identifier, new_trace_id
+from tests.celery import app as celery_app
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -121,7 +121,7 @@ class Worker:
         }
         if worker_broker_url:
             self.settings["OC_BROKER"] = worker_broker_url
-        self.app = celery_testapp.make_app(
+        self.app = celery_app.make_app(
             broker=broker,
             backend=backend,
             queue=config.queue,
@@ -137,7 +137,7 @@ class Worker:
         env = {
             **os.environ,
             **self.settings,
-            "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]),
+            "PYTHONPATH": str(ROOT),
             "OWNERSHIP_CTX_SIGNING_KEYS": "",
         }
         command = [
@@ -145,7 +145,7 @@ class Worker:
             "-m",
             "celery",
             "-A",
-            "celery_testapp",
+            "tests.celery.app",
             "worker",
             "-P",
             self.config.pool,
@@ -284,8 +284,8 @@ def make_envelope(n: int | str, *, extras: bool = True) -> Envelope:
         owner_team=f"team-{n}",
         workflow_id=f"workflow-{n}",
         feature=f"feature-{n}",
-        tenant=hash_identifier(f"tenant-{n}", celery_testapp.HASH_KEY),
-        user=hash_identifier(f"user-{n}", celery_testapp.HASH_KEY),
+        tenant=hash_identifier(f"tenant-{n}", celery_app.HASH_KEY),
+        user=hash_identifier(f"user-{n}", celery_app.HASH_KEY),
         extras={"cost_center": f"cc-{n}"} if extras else {},
     )
 
