@@ -110,6 +110,10 @@ class Writer:
         self.backoff = Backoff(retry_initial, retry_max)
         self.wakeup = threading.Event()
         self.closed = False
+        #: The last event the backend took: writing it again stores nothing (backends insert
+        #: by ``event_id``) but needs a working backend, which tells a poison event from a
+        #: backend that is down.
+        self.canary: Event | None = None
 
     # -- the thread --------------------------------------------------------------------------
 
@@ -190,6 +194,8 @@ class Writer:
                     exc,
                 )
             return False
+        if batch:
+            self.canary = batch[-1]
         if not backoff.healthy:
             logger.info("ownership_ctx: %s backend recovered; replaying the spool", self.name)
             backoff.recovered()
@@ -331,15 +337,12 @@ class Writer:
             events.count("sink_spool_corrupt_lines", corrupt)
         stem = claim.stem
         failures = spool.replay_failures.get(stem, 0)
-        step = self.batch_size if failures < _REPLAY_SINGLY_AFTER else 1
-        poison: list[Event] = []
-        for start in range(0, len(parsed), step):
-            chunk = parsed[start : start + step]
-            if self.write(chunk):
-                continue
-            if step == 1 and self.is_poison():
-                poison.extend(chunk)
-                continue
+        if failures < _REPLAY_SINGLY_AFTER:
+            poison: list[Event] = []
+            complete = self.replay_batches(parsed)
+        else:  # the segment failed before: one event at a time, to find what the backend refuses
+            poison, complete = self.replay_singly(parsed)
+        if not complete:
             spool.replay_failures[stem] = failures + 1
             claim.release()
             return True
@@ -353,11 +356,46 @@ class Writer:
         events.count("sink_replayed", len(parsed) - len(poison))
         return True
 
-    def is_poison(self) -> bool:
-        """A single event failed while its neighbours went in: probe the backend with nothing
-        else to tell "this event" from "the backend is down"."""
+    def replay_batches(self, parsed: list[Event]) -> bool:
+        """Write ``parsed`` in batches; False at the first batch that fails."""
+        step = self.batch_size
+        return all(self.write(parsed[i : i + step]) for i in range(0, len(parsed), step))
+
+    def replay_singly(self, parsed: list[Event]) -> tuple[list[Event], bool]:
+        """Write ``parsed`` one event at a time: the events the backend refuses while it takes
+        others (poison), and whether the replay got through the segment.
+
+        An event that fails is poison only if the backend works right after: the `canary`
+        (an event it took) goes in again. If the canary fails too, the backend is down and
+        the replay stops; with no canary yet, the verdict waits for the first event that
+        goes in.
+        """
+        poison: list[Event] = []
+        undecided: list[Event] = []
+        for event in parsed:
+            if self.write([event]):
+                for earlier in undecided:
+                    if self.write([earlier]):
+                        continue
+                    if not self.canary_goes_in():
+                        return poison, False
+                    poison.append(earlier)
+                undecided = []
+                continue
+            if self.canary is None:
+                undecided.append(event)
+            elif self.canary_goes_in():
+                poison.append(event)
+            else:
+                return poison, False  # the backend is down: nothing to conclude
+        return poison, not undecided
+
+    def canary_goes_in(self) -> bool:
+        """Whether the backend takes the `canary` again (a write that stores nothing)."""
+        if self.canary is None:
+            return False
         try:
-            self.backend.write_batch([])
+            self.backend.write_batch([self.canary])
         except Exception:
             return False
         self.backoff.recovered()
