@@ -53,6 +53,11 @@ FIELDS: Final[dict[str, str]] = {
     RESPONSE_ID: "the provider's id of the response (message / completion id)",
     "provider_request_id": "the provider's request id header (x-request-id, request-id,"
     " x-amzn-requestid): the join key for reconciliation with provider logs",
+    "billing_scope": "what the provider's bill groups this call under, when the call shows it:"
+    " the OpenAI project id (response / request header); null otherwise (see reconciliation)",
+    "billing_region": "the AWS region of a Bedrock call, else null",
+    "api_key_fingerprint": '"sha256:" + 16 hex digits of the API key\'s SHA-256: names the key'
+    " in reconciliation reports; the key itself is never recorded",
     "service_tier": "the tier the RESPONSE reports (priority / flex / batch / default ...);"
     " null when the response does not say",
     "streaming": "whether the response was streamed",
