@@ -88,7 +88,7 @@ EXTRAS: Final = {
     "structlog": "structlog",
 }
 #: Modules imported (when present) to register more commands: see the module docstring.
-EXTENSIONS: tuple[str, ...] = ("ownership_ctx.demo",)
+EXTENSIONS: tuple[str, ...] = ("ownership_ctx.demo", "ownership_ctx.reconcile.command")
 
 
 class Progress:
