@@ -35,12 +35,17 @@ KINDS = (
 )
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser) -> None:
+    # Suppressed defaults: a value given before the action is not overwritten by its default.
     s = argparse.SUPPRESS
     p.add_argument("--db", default=s, metavar="URL", help="store URL or SQLite file path")
     p.add_argument("--since", default=s, help="first day (default 30d)")
     p.add_argument("--until", default=s, help="end day, exclusive (default now)")
     p.add_argument("--format", choices=("table", "csv", "json"), default=s)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    _common(p)
     p.add_argument(
         "--max-unexplained",
         metavar="PCT",
@@ -48,9 +53,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     sub = p.add_subparsers(dest="action", metavar="ACTION")
     imp = sub.add_parser("import", help="store exported bill files")
+    _common(imp)
     imp.add_argument("kind", choices=KINDS, help="what the files are")
     imp.add_argument("files", nargs="+", help="exported files (.json, .jsonl, .csv, .gz)")
     fetch = sub.add_parser("fetch", help="fetch bills from a provider's admin API")
+    _common(fetch)
     fetch.add_argument("provider", choices=("openai", "anthropic"))
     fetch.add_argument(
         "--key-env",
@@ -60,7 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     fetch.add_argument("--base-url", help="API base URL (default the provider's)")
     fetch.add_argument("--save", metavar="DIR", help="also save the fetched pages as JSON lines")
-    sub.add_parser("imports", help="list what was imported, from where, when")
+    _common(sub.add_parser("imports", help="list what was imported, from where, when"))
 
 
 def _threshold(text: str | None) -> Decimal | None:

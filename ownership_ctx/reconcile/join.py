@@ -149,7 +149,7 @@ _BILL_SQL: Final = (
 
 _REQUEST_SQL: Final = (
     "SELECT b.day, b.model, b.scope, b.region, b.identity, b.owner_team,"
-    " CASE WHEN p.id IS NULL THEN 0 ELSE 1 END AS matched, count(*), sum(b.input_tokens),"
+    " CASE WHEN p.event_id IS NULL THEN 0 ELSE 1 END AS matched, count(*), sum(b.input_tokens),"
     " sum(b.output_tokens), sum(b.cache_read_tokens), sum(b.cache_write_tokens),"
     " sum(p.cost_nanousd)"
     " FROM bill_rows b LEFT JOIN provider_calls p"
