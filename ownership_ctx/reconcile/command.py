@@ -17,13 +17,30 @@ import datetime as dt
 import os
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Protocol
 
-from ..cli import EXIT_BREACHED, EXIT_OK, Command, Context, register
+from ..reports.rendering import Document
 from ..reports.timerange import UsageError, parse_range
 from ..sinks.config import redacted_url
 
-__all__ = ["run"]
+__all__ = ["add_arguments", "run"]
+
+# The CLI's exit codes (cli.py registers this command and imports this module lazily: this
+# module does not import cli, so there is no import cycle).
+EXIT_OK = 0
+EXIT_BREACHED = 1
+
+
+class Context(Protocol):
+    """What `ownership_ctx.cli.Context` gives a command."""
+
+    out: IO[str]
+    db: str
+
+    def progress(self, message: str) -> None: ...
+
+    def emit(self, document: Document) -> None: ...
+
 
 KINDS = (
     "openai-costs",
@@ -241,14 +258,3 @@ def list_price(
         input_tokens=inp, output_tokens=out, cache_read_tokens=read, cache_write_tokens=write
     )
     return pricer().price(provider, model, usage, ts).cost
-
-
-register(
-    Command(
-        "reconcile",
-        "provider bills vs our events: dark spend, price drift, per day and model",
-        add_arguments,
-        run,
-        store=False,
-    )
-)

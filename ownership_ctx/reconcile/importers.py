@@ -97,7 +97,10 @@ def _instant(value: Any, where: str, key: str) -> dt.datetime:
     if not isinstance(value, str):
         raise BillError(f"{where}: '{key}' is missing or not an RFC 3339 time")
     try:
-        moment = dt.datetime.fromisoformat(value.replace(" ", "T"))
+        text = value.replace(" ", "T")
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"  # Python 3.10's fromisoformat does not read "Z"
+        moment = dt.datetime.fromisoformat(text)
     except ValueError:
         raise BillError(f"{where}: '{key}' {value[:40]!r} is not an RFC 3339 time") from None
     if moment.tzinfo is None:
