@@ -267,7 +267,10 @@ def reconcile(
         g.ours_tokens += int(tokens or 0)
 
     for k, g in groups.items():
-        g.where = [label for label, _ in sorted(where[k].items(), key=lambda kv: -kv[1])][:3]
+        ranked = [label for label, _ in sorted(where[k].items(), key=lambda kv: -kv[1])]
+        # "project p" says less than "project p key k": keep the most specific labels.
+        g.where = [a for a in ranked if not any(b != a and b.startswith(a + " ") for b in ranked)]
+        g.where = g.where[:3]
         _explain(g, covered.get(g.provider, set()))
     ordered = sorted(groups.values(), key=Group.key)
     requests = _requests(store, start_day, end_day, price, notes)
