@@ -193,6 +193,10 @@ ProviderCallEvent = TypedDict(
         "fallback_of_call_id": "str | None",
         "recorded_by": str,
         "problems": list[str],
+        # Added by reconciliation's metering (branch reconcile): where the call is billed.
+        "billing_scope": "str | None",
+        "billing_region": "str | None",
+        "api_key_fingerprint": "str | None",
     },
     total=False,
 )
