@@ -96,8 +96,8 @@ def _threshold(text: str | None) -> Decimal | None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    from ..store.bills import StoreMissing
     from .bills import BillError
-    from .storage import StoreMissing
 
     try:
         if args.action == "import":
@@ -127,8 +127,8 @@ def _db_errors() -> tuple[type[BaseException], ...]:
 
 
 def _import(args: argparse.Namespace, ctx: Context) -> int:
+    from ..store.bills import open_bill_store
     from .importers import parse_file
-    from .storage import open_bill_store
 
     # Every file is parsed before anything is stored: one bad file stores nothing.
     batches = []
@@ -149,8 +149,8 @@ def _import(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _fetch(args: argparse.Namespace, ctx: Context) -> int:
+    from ..store.bills import open_bill_store
     from .fetch import FetchError, fetch_bills
-    from .storage import open_bill_store
 
     span = parse_range(args.since, args.until)
     var = args.key_env or f"{args.provider.upper()}_ADMIN_KEY"
@@ -186,7 +186,7 @@ def _fetch(args: argparse.Namespace, ctx: Context) -> int:
 
 def _imports(args: argparse.Namespace, ctx: Context) -> int:
     from ..reports.rendering import Column, Document, Table
-    from .storage import open_bill_store
+    from ..store.bills import open_bill_store
 
     store = open_bill_store(ctx.db, readonly=True)
     try:
@@ -225,9 +225,9 @@ def _imports(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _report(args: argparse.Namespace, ctx: Context) -> int:
+    from ..store.bills import open_bill_store
     from .join import reconcile
     from .render import document
-    from .storage import open_bill_store
 
     threshold = _threshold(args.max_unexplained)
     span = parse_range(args.since, args.until)

@@ -14,38 +14,28 @@ import datetime as dt
 from decimal import Decimal
 from typing import IO, Final
 
+from ..store.bills import open_bill_store
 from ..testing.fake_admin import Billed, FakeAdminAPI
 from .fetch import fetch_bills
-from .storage import open_bill_store
 
 __all__ = ["bill_demo"]
 
 ADMIN_KEY: Final = "sk-admin-demo-not-secret"
 DISCOUNT: Final = Decimal("0.97")
 DARK_SHARE: Final = Decimal("0.05")
-_NANO: Final = Decimal(1_000_000_000)
-
-_TRAFFIC_SQL: Final = (
-    "SELECT CAST(ts / 86400 AS INTEGER), provider, coalesce(response_model, request_model),"
-    " json_extract(body, '$.billing_scope'), sum(coalesce(input_tokens, 0)),"
-    " sum(coalesce(output_tokens, 0)), sum(coalesce(cache_read_tokens, 0)),"
-    " sum(coalesce(cache_write_tokens, 0)), count(*), sum(cost_nanousd)"
-    " FROM provider_calls WHERE cost_nanousd IS NOT NULL AND provider IN ('openai', 'anthropic')"
-    " GROUP BY 1, 2, 3, 4"
-)
 
 
 def bill_items(db: str) -> list[Billed]:
     store = open_bill_store(db)
     try:
-        rows = store.fetch(_TRAFFIC_SQL)
+        traffic = store.daily_traffic()
     finally:
         store.close()
     items = []
-    epoch = dt.date(1970, 1, 1)
-    for day, provider, model, scope, inp, out, read, write, calls, nanos in rows:
-        date = epoch + dt.timedelta(days=int(day))
-        cost = Decimal(int(nanos)) / _NANO
+    for day, provider, model, scope, inp, out, read, write, calls, cost in traffic:
+        if provider not in ("openai", "anthropic"):
+            continue
+        date = dt.date.fromisoformat(day)
         key = "key_demo" if provider == "openai" else "apikey_demo"
         if provider == "anthropic":
             cost = (cost * DISCOUNT).quantize(Decimal("1e-9"))
@@ -55,12 +45,12 @@ def bill_items(db: str) -> list[Billed]:
                 date,
                 model,
                 cost,
-                int(inp),
-                int(out),
-                int(read),
-                int(write),
-                int(calls),
-                scope=scope,
+                inp,
+                out,
+                read,
+                write,
+                calls,
+                scope=scope or None,
                 api_key_id=key,
             )
         )
@@ -75,11 +65,11 @@ def bill_items(db: str) -> list[Billed]:
                     date,
                     model,
                     (cost * DARK_SHARE).quantize(Decimal("1e-9")),
-                    part(int(inp)),
-                    part(int(out)),
-                    part(int(read)),
+                    part(inp),
+                    part(out),
+                    part(read),
                     0,
-                    max(1, part(int(calls))),
+                    max(1, part(calls)),
                     scope="proj_laptop",
                     api_key_id="key_laptop",
                 )

@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 
 from ownership_ctx.reconcile.importers import parse_bytes, parse_file
-from ownership_ctx.reconcile.storage import open_bill_store
+from ownership_ctx.store.bills import open_bill_store
 
 from .conftest import FIXTURES
 

@@ -23,7 +23,7 @@ import pytest
 
 from ownership_ctx.cli import main
 from ownership_ctx.reconcile.join import reconcile
-from ownership_ctx.reconcile.storage import open_bill_store
+from ownership_ctx.store.bills import open_bill_store
 
 from .conftest import D1, FIXTURES, GPT, HAIKU, HAIKU_BEDROCK, scenario_events, write_events
 
