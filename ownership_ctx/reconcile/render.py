@@ -188,3 +188,32 @@ def html_section(result: Reconciliation) -> str:
         parts.append("</tbody></table>")
     parts.append("</section>")
     return "".join(parts)
+
+
+def _load(db_url: str, start: int, end: int) -> Reconciliation | None:
+    from ..store.bills import StoreMissing, open_bill_store
+    from .join import reconcile
+
+    try:
+        store = open_bill_store(db_url, readonly=True)
+    except StoreMissing:
+        return None
+    try:
+        if not store.has_bills():
+            return None
+        return reconcile(store, start, end)
+    finally:
+        store.close()
+
+
+def html_section_for(db_url: str, start: int, end: int) -> str:
+    """The HTML report's reconciliation section for ``[start, end)``; "" without bills."""
+    result = _load(db_url, start, end)
+    return "" if result is None else html_section(result)
+
+
+def dark_spend(db_url: str, start: int, end: int) -> Decimal:
+    """Billed spend no event of ours saw in ``[start, end)`` (0 without bills): what coverage
+    can add to its unattributed share when bills are present."""
+    result = _load(db_url, start, end)
+    return Decimal(0) if result is None else result.dark

@@ -167,3 +167,15 @@ def test_reading_never_writes(loaded: str) -> None:
         assert store.fetch("SELECT count(*) FROM bill_imports")[0][0] == before
     finally:
         store.close()
+
+
+def test_html_section_and_dark_spend_for_coverage(loaded: str, tmp_path: Any) -> None:
+    from ownership_ctx.reconcile.render import dark_spend, html_section_for
+
+    section = html_section_for(loaded, D1, D1 + 2 * 86400)
+    assert section.startswith('<section id="reconciliation">') and section.endswith("</section>")
+    assert "proj_b" in section and "<script" not in section
+    assert dark_spend(loaded, D1, D1 + 2 * 86400) == DARK
+    empty = f"sqlite:///{tmp_path / 'none.db'}"
+    assert html_section_for(empty, D1, D1 + 86400) == ""
+    assert dark_spend(empty, D1, D1 + 86400) == 0
