@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ownership_ctx.reconcile.importers import parse_bytes
 from ownership_ctx.reconcile.join import reconcile
-from ownership_ctx.store.bills import open_bill_store
 from ownership_ctx.sinks.config import open_backend
+from ownership_ctx.store.bills import open_bill_store
 
 START = 1793577600  # 2026-11-02T00:00:00Z
 DAYS = 30
