@@ -153,9 +153,12 @@ def _buckets(
         for b, bucket in enumerate(_list(page, "data", where), 1):
             at = f"{where}: bucket {b}"
             bucket = _obj(bucket, at, "the bucket")
+            # OpenAI's generated reference spells the list "result" for some endpoints, its
+            # examples and answers "results": read either.
+            key = "result" if "results" not in bucket and "result" in bucket else "results"
             results = [
                 (f"{at} result {r}", _obj(result, f"{at} result {r}", "the result"))
-                for r, result in enumerate(_list(bucket, "results", at), 1)
+                for r, result in enumerate(_list(bucket, key, at), 1)
             ]
             yield at, bucket, results
 
@@ -180,11 +183,15 @@ class _Period:
 # results: [{object: "organization.costs.result", amount: {value: number (dollars), currency:
 # "usd"}, line_item, project_id}]}], has_more, next_page}.
 # https://platform.openai.com/docs/api-reference/usage/costs
+# (also https://developers.openai.com/api/reference/resources/organization/ - group_by may add
+# api_key_id on newer versions: read when present)
 
 
 def _openai_model(line_item: str) -> str:
-    # Line items name the model first ("gpt-4o-2024-08-06, input"); others ("Web search")
-    # keep their text, which then matches no model of ours: billed spend nobody metered.
+    # The reference does not list line_item values. Token line items name the model first
+    # ("gpt-4o-2024-08-06, input"): the model is the text before the first comma. Others
+    # ("web search tool calls") keep their text, which then matches no model of ours: billed
+    # spend nobody metered, reported as dark with its line item.
     return line_item.split(",", 1)[0].strip()
 
 
@@ -204,6 +211,7 @@ def parse_openai_costs(text: str, name: str) -> tuple[list[BillRow], _Period]:
                     day=start.isoformat(),
                     model=_openai_model(line_item),
                     scope=_text(result, "project_id", where),
+                    api_key_id=_text(result, "api_key_id", where),
                     line_item=line_item,
                     cost=_decimal(amount.get("value"), where, "'amount.value'"),
                 )

@@ -133,3 +133,18 @@ def test_cur_without_its_columns_is_refused() -> None:
 def test_empty_file_is_refused() -> None:
     with pytest.raises(BillError, match="empty"):
         parse_bytes("openai-usage", b"  \n", "u.json")
+
+
+def test_openai_bucket_list_spelled_result_is_read_too() -> None:
+    page = {
+        "object": "page",
+        "data": [
+            {
+                "start_time": 1793577600,
+                "end_time": 1793664000,
+                "result": [{"amount": {"value": 1.5, "currency": "usd"}, "line_item": "o3, input"}],
+            }
+        ],
+    }
+    (row,) = parse_bytes("openai-costs", json.dumps(page).encode(), "c.json").rows
+    assert (row.model, row.cost) == ("o3", Decimal("1.5"))
