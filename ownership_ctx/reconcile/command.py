@@ -110,7 +110,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     except (BillError, StoreMissing) as e:
         raise UsageError(str(e)) from None
     except _db_errors() as e:
-        raise UsageError(f"the store {redacted_url(ctx.db)}: {str(e).strip()[:200]}") from None
+        detail = " ".join(str(e).split())[:200]  # one line: drivers add hints on new lines
+        raise UsageError(f"the store {redacted_url(ctx.db)}: {detail}") from None
 
 
 def _db_errors() -> tuple[type[BaseException], ...]:

@@ -179,3 +179,9 @@ def test_html_section_and_dark_spend_for_coverage(loaded: str, tmp_path: Any) ->
     empty = f"sqlite:///{tmp_path / 'none.db'}"
     assert html_section_for(empty, D1, D1 + 86400) == ""
     assert dark_spend(empty, D1, D1 + 86400) == 0
+
+
+def test_unreachable_postgresql_is_one_line_exit_2(capsys: Any) -> None:
+    code, _ = run("--db", "postgresql://nobody@127.0.0.1:1/x", "reconcile")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "connection" in err
