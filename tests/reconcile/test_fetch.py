@@ -142,3 +142,23 @@ def test_cli_fetch_without_key_is_a_usage_error(
     monkeypatch.delenv("ANTHROPIC_ADMIN_KEY", raising=False)
     code = main(["--db", str(tmp_path / "e.db"), "reconcile", "fetch", "anthropic"])
     assert code == 2 and "set ANTHROPIC_ADMIN_KEY" in capsys.readouterr().err
+
+
+def test_connection_errors_are_retried_with_growing_backoff(admin: FakeAdminAPI) -> None:
+    import urllib.error
+    import urllib.request
+
+    failures = iter([urllib.error.URLError("refused"), ConnectionResetError("reset")])
+
+    def flaky(request: urllib.request.Request, timeout: float) -> object:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        assert request.get_header("Authorization") == f"Bearer {KEY}"
+        return urllib.request.urlopen(request, timeout=timeout)
+
+    waits: list[float] = []
+    batches = fetch_bills(
+        "openai", KEY, START, END, base_url=admin.url, sleep=waits.append, opener=flaky
+    )
+    assert waits == [0.5, 1.0] and len(batches) == 2
