@@ -151,11 +151,16 @@ def reconcile(
     covered = _covered(store, start_day, end_day)
 
     cost_has_model: dict[str, bool] = {}
+    billed_scopes: set[str] = set()
     for b in bills:
         provider = _COST_SOURCES.get(b.source)
         if provider is not None:
             cost_has_model[provider] = cost_has_model.get(provider, False) or b.model != ""
-    scoped = {e.provider for e in events if e.scope}
+            if b.scope:
+                billed_scopes.add(provider)
+    # Per scope only where both sides know it (an export not grouped by project, or events
+    # from clients without a project, would split one spend into "dark" and "ours only").
+    scoped = {e.provider for e in events if e.scope} & billed_scopes
 
     def grain(day: str, provider: str, model: str, scope: str) -> tuple[str, str, str, str]:
         by_model = cost_has_model.get(provider, True)

@@ -185,3 +185,40 @@ def test_unreachable_postgresql_is_one_line_exit_2(capsys: Any) -> None:
     code, _ = run("--db", "postgresql://nobody@127.0.0.1:1/x", "reconcile")
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "connection" in err
+
+
+def test_costs_not_grouped_by_project_reconcile_per_model(db: str, tmp_path: Any) -> None:
+    # The same day-1 OpenAI spend, exported without group_by=project_id: 1.10 + 0.25 = 1.35
+    # for the usage export's 2000 + 500 tokens; ours 1.00 for 2000 tokens (scoped proj_a).
+    # One group per model: dark = 1.35 * 500/2500 = 0.27, drift = 1.35 * 0.8 - 1.00 = 0.08.
+    write_events(db, scenario_events())
+    costs = tmp_path / "costs.json"
+    costs.write_text(
+        json.dumps(
+            {
+                "object": "page",
+                "data": [
+                    {
+                        "start_time": D1,
+                        "end_time": D1 + 86400,
+                        "results": [
+                            {
+                                "object": "organization.costs.result",
+                                "amount": {"value": 1.35, "currency": "usd"},
+                                "line_item": f"{GPT}, input",
+                                "project_id": None,
+                            }
+                        ],
+                    }
+                ],
+                "has_more": False,
+            }
+        )
+    )
+    assert run("--db", db, "reconcile", "import", "openai-costs", str(costs))[0] == 0
+    usage = str(FIXTURES / "openai_usage.json")
+    assert run("--db", db, "reconcile", "import", "openai-usage", usage)[0] == 0
+    g = _groups(db)[("2026-11-02", "openai", GPT, "")]
+    assert (g.billed_cost, g.billed_tokens, g.ours_cost) == (Decimal("1.35"), 2500, Decimal("1.00"))
+    assert (g.dark, g.drift) == (Decimal("0.27"), Decimal("0.08"))
+    assert any("key_dark" in w for w in g.where)
