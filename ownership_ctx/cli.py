@@ -43,8 +43,8 @@ from typing import IO, Final
 
 from ownership_ctx import __version__, demo
 from ownership_ctx.exit_codes import EXIT_BREACHED, EXIT_OK, EXIT_USAGE
+from ownership_ctx.reports import Source, StoreError, open_source
 from ownership_ctx.reports import rendering as render_module
-from ownership_ctx.reports.source import Source, StoreError, open_source
 from ownership_ctx.reports.timerange import (
     TimeRange,
     UsageError,
@@ -438,6 +438,18 @@ def _check_report(args: argparse.Namespace) -> None:
     check_output_path(args.html)
 
 
+def _reconcile_args(p: argparse.ArgumentParser) -> None:
+    from ownership_ctx.reconcile.command import add_arguments
+
+    add_arguments(p)
+
+
+def _reconcile(args: argparse.Namespace, ctx: Context) -> int:
+    from ownership_ctx.reconcile.command import run
+
+    return run(args, ctx)
+
+
 for _command in (
     Command(
         "chargeback",
@@ -468,6 +480,13 @@ for _command in (
         _fake_provider_args,
         _fake_provider,
         store=False,
+    ),
+    Command(
+        "reconcile",
+        "provider bills vs our events: dark spend, price drift, per day and model",
+        _reconcile_args,
+        _reconcile,
+        store=False,  # imports write the bill tables; the report opens them read-only
     ),
     Command(
         "report",

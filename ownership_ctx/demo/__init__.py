@@ -187,6 +187,11 @@ def run(args: argparse.Namespace, ctx: Context, *, cli: Cli) -> int:
         parts.stop()
         sink.close()
     out.write(f"traffic done in {time.perf_counter() - started:.1f} s\n")
+    # The providers' bill for the same days, fetched from a fake admin API (reconciliation).
+    from ..reconcile.demo_bill import bill_demo
+
+    out.write("fetching the providers' bills (a fake admin API)\n")
+    bill_demo(db, first, last, out)
 
     span = ["--since", f"{first:%Y-%m-%d}", "--until", f"{last:%Y-%m-%d}"]
     anomaly = [
@@ -203,6 +208,7 @@ def run(args: argparse.Namespace, ctx: Context, *, cli: Cli) -> int:
         ["chargeback", "--by", "team,model", *span],
         ["coverage", "--max-unattributed", "2%", *span],
         ["audit", "--sample", "80", *span],
+        ["reconcile", "--max-unexplained", "2%", *span],
         *([anomaly] if middle > first else []),  # one day has no two halves to compare
         ["report", "--html", str(html), *span],
     ]

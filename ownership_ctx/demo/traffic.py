@@ -36,6 +36,9 @@ TEAMS = {
 TENANTS = ("acme-corp", "globex", "initech", "umbrella", "hooli")
 
 
+DEMO_PROJECT = "proj_demo"
+
+
 @dataclass
 class Simulation:
     """Where the simulated clock stands, per trace: events are re-stamped with it."""
@@ -146,8 +149,14 @@ class Parts:
         from .. import metering
 
         # The SDK's own retries (3, with its backoff) meet the fake server's scripted 429s.
+        # The project is what OpenAI's bill groups by (the demo's bill: reconcile/demo_bill.py).
         return metering.instrument(
-            OpenAI(api_key="sk-demo", base_url=self.fake.openai_url, max_retries=3)
+            OpenAI(
+                api_key="sk-demo",
+                base_url=self.fake.openai_url,
+                max_retries=3,
+                project=DEMO_PROJECT,
+            )
         )
 
     @functools.cached_property

@@ -19,6 +19,7 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
+from .billing import Billing, request_metadata
 from .normalize import Parsed, parse_json
 from .recorder import Attempt, CallScope, failed, open_scope
 
@@ -35,7 +36,8 @@ def instrument_bedrock(client: Any, provider: str = "aws.bedrock") -> None:
         return
     if client.meta.service_model.service_name != "bedrock-runtime":
         raise TypeError("ownership_ctx.metering instruments only the bedrock-runtime client")
-    hooks = _Hooks(provider)
+    region = getattr(client.meta, "region_name", None)
+    hooks = _Hooks(provider, Billing(region=region if isinstance(region, str) else None))
     events = client.meta.events
     for op in _OPS:
         events.register(f"before-parameter-build.bedrock-runtime.{op}", hooks.before_call)
@@ -45,13 +47,24 @@ def instrument_bedrock(client: Any, provider: str = "aws.bedrock") -> None:
 
 
 class _Hooks:
-    def __init__(self, provider: str) -> None:
+    def __init__(self, provider: str, billing: Billing) -> None:
         self.provider = provider
+        self.billing = billing
 
-    def before_call(self, params: Mapping[str, Any], context: dict[str, Any], **_: Any) -> None:
+    def before_call(self, params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
         try:
             model = params.get("modelId")
-            context[_SCOPE] = open_scope(model if isinstance(model, str) else None)
+            scope = context[_SCOPE] = open_scope(model if isinstance(model, str) else None)
+            if scope.envelope is not None:
+                # The owner rides in the request so that Bedrock's invocation logs carry it
+                # too (the one per-request record AWS keeps): see docs/reconciliation.md.
+                existing = params.get("requestMetadata")
+                merged = request_metadata(
+                    existing if isinstance(existing, Mapping) else None,
+                    scope.envelope.as_dict(),
+                )
+                if merged is not None:
+                    params["requestMetadata"] = merged
         except Exception:
             failed("bedrock before-parameter-build")
 
@@ -62,6 +75,7 @@ class _Hooks:
             if scope is None:
                 scope = context[_SCOPE] = open_scope()
             attempt = Attempt(scope, scope.next_attempt(), self.provider, "converse", "botocore")
+            attempt.billing = self.billing
             attempt.streaming = operation_name == "ConverseStream"
             context[_ATTEMPT] = attempt
         except Exception:

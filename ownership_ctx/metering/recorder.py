@@ -26,6 +26,9 @@ from typing import Any
 from .. import events
 from ..context import current
 from ..envelope import Envelope
+from ..schema import money
+from .billing import NONE as NO_BILLING
+from .billing import Billing
 from .normalize import APIS, Parsed
 from .pricing import PriceOverride, Pricer, PriceResult, parse_overrides, unpriced_reason
 from .usage import Usage, usage_from_mapping
@@ -140,6 +143,7 @@ class Attempt:
 
     __slots__ = (
         "api",
+        "billing",
         "done",
         "number",
         "provider",
@@ -162,6 +166,7 @@ class Attempt:
         self.started = time.time()
         self.t0 = time.perf_counter()
         self.done = False
+        self.billing: Billing = NO_BILLING  # set by the transport / botocore hooks
 
     def finish(
         self,
@@ -182,6 +187,9 @@ class Attempt:
             parsed = parsed if parsed is not None else Parsed()
             if status == "ok" and parsed.error_type is not None:
                 status = "error"  # an error event inside a 200 stream
+            if self.api == "generate_content" and parsed.response_id is not None:
+                # Gemini's usage exports know its responseId, not any HTTP header.
+                provider_request_id = parsed.response_id
             events.emit(
                 build_event(
                     envelope=scope.envelope,
@@ -201,14 +209,11 @@ class Attempt:
                     fallback_of=scope.fallback_of,
                     fallback_of_call_id=scope.fallback_of_call_id,
                     recorded_by=self.recorded_by,
+                    billing=self.billing,
                 )
             )
         except Exception:
             failed("finishing an attempt")
-
-
-def _money(value: Decimal | None) -> str | None:
-    return None if value is None else format(value, "f")
 
 
 def build_event(
@@ -232,6 +237,7 @@ def build_event(
     recorded_by: str,
     provider_cost: Decimal | None = None,
     app_cache_hit: bool = False,
+    billing: Billing = NO_BILLING,
 ) -> dict[str, Any]:
     """The provider_call event (see `schema.FIELDS`); prices the usage on the way."""
     problems = parsed.problems
@@ -271,6 +277,9 @@ def build_event(
         "gen_ai.response.model": parsed.model,
         "gen_ai.response.id": parsed.response_id,
         "provider_request_id": provider_request_id,
+        "billing_scope": billing.scope,
+        "billing_region": billing.region,
+        "api_key_fingerprint": billing.key_fingerprint,
         "service_tier": parsed.tier,
         "streaming": streaming,
         "latency_ms": None if latency_ms is None else round(latency_ms, 3),
@@ -286,14 +295,14 @@ def build_event(
         "input_image_tokens": u.input_image_tokens,
         "output_image_tokens": u.output_image_tokens,
         "usage_status": parsed.usage_status,
-        "cost": _money(cost),
+        "cost": money.to_text(cost),
         "currency": "USD",
         "cost_source": price.source,
         "unpriced_reason": None
         if cost is not None
         else unpriced_reason(price, usage_known=known, status=status),
         "price_model_id": price.model_id,
-        "cost_avoided": _money(avoided),
+        "cost_avoided": money.to_text(avoided),
         "app_cache_hit": app_cache_hit,
         "fallback_of": fallback_of,
         "fallback_of_call_id": fallback_of_call_id,

@@ -19,6 +19,7 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final
 
+from .billing import from_headers, with_scope
 from .recorder import Attempt, current_scope, failed, open_scope
 from .tap import BodyTap
 
@@ -74,7 +75,9 @@ def _start(request: Any, provider: str) -> Attempt | None:
             scope.attempts = int(retries) if retries.isdigit() else 0
         if scope.request_model is None:
             scope.request_model = _request_model(request, api, path)
-        return Attempt(scope, scope.next_attempt(), provider, api, "httpx")
+        attempt = Attempt(scope, scope.next_attempt(), provider, api, "httpx")
+        attempt.billing = from_headers(request.headers)
+        return attempt
     except Exception:
         failed("starting an attempt")
         return None
@@ -85,6 +88,9 @@ def _tap(attempt: Attempt, response: Any, module: Any) -> BodyTap:
     content_type = headers.get("content-type", "")
     sse = content_type.startswith("text/event-stream")
     attempt.streaming = sse
+    project = headers.get("openai-project")
+    if project:
+        attempt.billing = with_scope(attempt.billing, project)
     request_id = None
     for name in _REQUEST_IDS:
         request_id = headers.get(name)

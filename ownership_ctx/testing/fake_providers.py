@@ -204,6 +204,7 @@ def _error_body(api: str, status: int) -> tuple[bytes, dict[str, str]]:
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeProviders
     protocol_version = "HTTP/1.1"
+    _rid: str | None = None
 
     def setup(self) -> None:
         super().setup()
@@ -227,8 +228,16 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = {}
         api = api_of(path)
+        self._rid = uuid.uuid4().hex
         self.fake.requests.append(
-            {"path": path, "query": parts.query, "headers": dict(self.headers), "json": body}
+            {
+                "path": path,
+                "query": parts.query,
+                "headers": dict(self.headers),
+                "json": body,
+                "request_id": self._rid,  # the ids below are all made from it
+                "time": time.time(),
+            }
         )
         if api is None:
             self._send(404, b'{"error": {"message": "not found"}}')
@@ -278,10 +287,14 @@ class _Handler(BaseHTTPRequestHandler):
     # -- writing ------------------------------------------------------------------------
 
     def _common_headers(self) -> None:
-        rid = uuid.uuid4().hex
+        rid = getattr(self, "_rid", None) or uuid.uuid4().hex
+        self._rid = None
         self.send_header("x-request-id", f"req_{rid}")
         self.send_header("request-id", f"req_{rid}")
         self.send_header("x-amzn-RequestId", str(uuid.UUID(rid)))
+        project = self.headers.get("openai-project")
+        if project:  # OpenAI names the project a call was billed to
+            self.send_header("openai-project", project)
 
     def _send(
         self,

@@ -12,20 +12,9 @@ from pathlib import Path
 
 from tests.support import imports
 
-#: Cycles being removed on another branch (issue 18: the store package replaces these modules).
-#: Delete the entry when that branch is merged; nothing may be added here.
-BEING_REMOVED = [
-    [
-        "ownership_ctx.sinks.config",
-        "ownership_ctx.sinks.postgres",
-        "ownership_ctx.sinks.query",
-        "ownership_ctx.sinks.sqlite",
-    ]
-]
-
 
 def test_the_package_has_no_import_cycles() -> None:
-    found = [cycle for cycle in imports.cycles(imports.graph()) if cycle not in BEING_REMOVED]
+    found = imports.cycles(imports.graph())
     assert found == [], "import cycles (each line: the modules of one cycle):\n" + "\n".join(
         " <-> ".join(cycle) for cycle in found
     )
