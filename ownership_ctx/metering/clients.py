@@ -18,6 +18,7 @@ import functools
 import importlib
 from typing import Any, TypeVar
 
+from . import recorder
 from .pricing import warn_if_no_price_library
 from .recorder import failed, open_scope, scoped
 
@@ -111,16 +112,34 @@ def _stainless(client: Any, provider: str) -> None:
 
         @functools.wraps(original)
         async def arequest(cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
-            with scoped(_scope_for(options)):
-                return await original(cast_to, options, *args, **kwargs)
+            scope = _scope_for(options)
+            if recorder.budget_hook is None:
+                with scoped(scope):
+                    return await original(cast_to, options, *args, **kwargs)
+            _reserve(scope, provider, options)  # budgets: may refuse before anything is sent
+            try:
+                with scoped(scope):
+                    return await original(cast_to, options, *args, **kwargs)
+            except BaseException:
+                recorder.budget_hook.failed(scope)
+                raise
 
         client.request = arequest
     else:
 
         @functools.wraps(original)
         def request(cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
-            with scoped(_scope_for(options)):
-                return original(cast_to, options, *args, **kwargs)
+            scope = _scope_for(options)
+            if recorder.budget_hook is None:
+                with scoped(scope):
+                    return original(cast_to, options, *args, **kwargs)
+            _reserve(scope, provider, options)  # budgets: may refuse before anything is sent
+            try:
+                with scoped(scope):
+                    return original(cast_to, options, *args, **kwargs)
+            except BaseException:
+                recorder.budget_hook.failed(scope)
+                raise
 
         client.request = request
     copy = client.copy
@@ -131,6 +150,13 @@ def _stainless(client: Any, provider: str) -> None:
 
     client.copy = client.with_options = instrumented_copy
     setattr(client, _MARK, True)
+
+
+def _reserve(scope: Any, provider: str, options: Any) -> None:
+    """Budgets' reservation for one SDK call: raises only a refusal (`BudgetExceeded`)."""
+    hook = recorder.budget_hook
+    if hook is not None:
+        hook.reserve(scope, provider, getattr(options, "json_data", None))
 
 
 def _scope_for(options: Any) -> Any:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from .. import events
 from ..context import current
@@ -38,6 +38,7 @@ __all__ = [
     "open_scope",
     "record_cache_hit",
     "record_call",
+    "set_budget_hook",
 ]
 
 logger = logging.getLogger("ownership_ctx.metering")
@@ -91,6 +92,7 @@ class CallScope:
     fallback_of: str | None = None
     fallback_of_call_id: str | None = None
     attempts: int = 0
+    budget: Any = None  # the call's budget reservation, when budgets are installed
 
     def next_attempt(self) -> int:
         self.attempts += 1
@@ -133,6 +135,36 @@ def fallback(of: str, *, call_id: str | None = None) -> Iterator[None]:
         yield
     finally:
         _fallback.reset(token)
+
+
+# -- budgets (ownership_ctx.budgets installs this hook; None: budgets off) -----------------
+
+
+class BudgetHook(Protocol):
+    def reserve(self, scope: CallScope, provider: str, body: object) -> None: ...
+
+    def finished(
+        self, scope: CallScope | None, envelope: Envelope | None, event: Mapping[str, Any]
+    ) -> None: ...
+
+    def failed(self, scope: CallScope) -> None: ...
+
+
+budget_hook: BudgetHook | None = None
+
+
+def set_budget_hook(hook: BudgetHook | None) -> BudgetHook | None:
+    """Called by `ownership_ctx.budgets.install`. Returns the previous hook."""
+    global budget_hook
+    previous, budget_hook = budget_hook, hook
+    return previous
+
+
+def _budget_finished(scope: CallScope | None, envelope: Envelope | None, event: Any) -> None:
+    try:
+        budget_hook.finished(scope, envelope, event)  # type: ignore[union-attr]
+    except Exception:
+        failed("settling a budget")
 
 
 class Attempt:
@@ -182,27 +214,28 @@ class Attempt:
             parsed = parsed if parsed is not None else Parsed()
             if status == "ok" and parsed.error_type is not None:
                 status = "error"  # an error event inside a 200 stream
-            events.emit(
-                build_event(
-                    envelope=scope.envelope,
-                    call_id=scope.call_id,
-                    attempt=self.number,
-                    provider=self.provider,
-                    api=self.api,
-                    request_model=request_model or scope.request_model,
-                    parsed=parsed,
-                    status=status,
-                    http_status=http_status,
-                    error_type=error_type or parsed.error_type,
-                    ts=self.started,
-                    latency_ms=latency_ms,
-                    streaming=self.streaming,
-                    provider_request_id=provider_request_id,
-                    fallback_of=scope.fallback_of,
-                    fallback_of_call_id=scope.fallback_of_call_id,
-                    recorded_by=self.recorded_by,
-                )
+            event = build_event(
+                envelope=scope.envelope,
+                call_id=scope.call_id,
+                attempt=self.number,
+                provider=self.provider,
+                api=self.api,
+                request_model=request_model or scope.request_model,
+                parsed=parsed,
+                status=status,
+                http_status=http_status,
+                error_type=error_type or parsed.error_type,
+                ts=self.started,
+                latency_ms=latency_ms,
+                streaming=self.streaming,
+                provider_request_id=provider_request_id,
+                fallback_of=scope.fallback_of,
+                fallback_of_call_id=scope.fallback_of_call_id,
+                recorded_by=self.recorded_by,
             )
+            events.emit(event)
+            if budget_hook is not None:
+                _budget_finished(scope, scope.envelope, event)
         except Exception:
             failed("finishing an attempt")
 
@@ -342,8 +375,9 @@ def _manual(
     scope = _scope.get()
     if fallback_of is None and mark is not None:
         fallback_of, fallback_of_call_id = mark
+    envelope = current()
     event = build_event(
-        envelope=current(),
+        envelope=envelope,
         call_id=call_id or (scope.call_id if scope is not None else new_id()),
         attempt=attempt,
         provider=provider,
@@ -364,6 +398,8 @@ def _manual(
         app_cache_hit=app_cache_hit,
     )
     events.emit(event)
+    if budget_hook is not None and not app_cache_hit:
+        _budget_finished(None, envelope, event)
     return dict(event)  # a copy: the sink's writer thread may still be encoding the original
 
 

@@ -1,0 +1,139 @@
+"""Redis counters: one budget shared by every process and host that points at the same Redis.
+
+    pip install "ownership-ctx[budgets]"   # the redis client
+
+Each counter is a hash (``spent``, ``reserved``) that expires a day after its period ends.
+Reserve and settle are Lua scripts, so each is atomic across all the counters a call touches
+(a team budget and a team+feature budget move together or not at all). Every error is
+`BackendUnavailable`; the engine decides whether that fails open or closed. A short socket
+timeout keeps a hung Redis from holding requests.
+
+On Redis Cluster the counters of one call must share a slot: use a ``prefix`` with a hash tag
+(``"{oc-budgets}:"``).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Sequence
+from typing import Any, Final
+
+try:
+    import redis
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        'the Redis budget backend needs the redis client: pip install "ownership-ctx[budgets]"'
+    ) from error
+
+from .counters import BackendUnavailable, Held, Usage
+
+__all__ = ["RedisCounters"]
+
+# KEYS: counters. ARGV: amount, then (limit, expire-at) per key. Returns 0 or refusing index + 1.
+_RESERVE: Final = """
+local amount = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  local used = redis.call('HMGET', key, 'spent', 'reserved')
+  local total = tonumber(used[1] or '0') + tonumber(used[2] or '0')
+  if total >= tonumber(ARGV[2 * i]) then return i end
+end
+for i, key in ipairs(KEYS) do
+  redis.call('HINCRBY', key, 'reserved', amount)
+  redis.call('EXPIREAT', key, ARGV[2 * i + 1])
+end
+return 0
+"""
+# KEYS: counters. ARGV: reserved, actual, then expire-at per key.
+_SETTLE: Final = """
+local reserved = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  local left = redis.call('HINCRBY', key, 'reserved', -reserved)
+  if left < 0 then redis.call('HSET', key, 'reserved', 0) end
+  redis.call('HINCRBY', key, 'spent', ARGV[2])
+  redis.call('EXPIREAT', key, ARGV[i + 2])
+end
+return 0
+"""
+_RAISE: Final = """
+local spent = tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
+if tonumber(ARGV[1]) > spent then redis.call('HSET', KEYS[1], 'spent', ARGV[1]) end
+redis.call('EXPIREAT', KEYS[1], ARGV[2])
+return 0
+"""
+
+
+def _at(ts: float) -> int:
+    return math.ceil(ts)
+
+
+class RedisCounters:
+    """`Counters` in Redis. ``prefix`` namespaces every key (one per deployment)."""
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "oc:budgets:",
+        timeout: float = 0.25,
+        client: Any = None,
+    ) -> None:
+        self.prefix = prefix
+        self.client = client or redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        self._reserve = self.client.register_script(_RESERVE)
+        self._settle = self.client.register_script(_SETTLE)
+        self._raise = self.client.register_script(_RAISE)
+
+    def __repr__(self) -> str:
+        return f"RedisCounters(prefix={self.prefix!r})"
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except redis.RedisError as error:
+            raise BackendUnavailable(f"redis {what}: {type(error).__name__}") from error
+
+    def reserve(self, held: Sequence[Held], amount: int) -> int | None:
+        args: list[int] = [amount]
+        for item in held:
+            args += [item.limit, _at(item.expires_at)]
+        keys = [self.prefix + item.key for item in held]
+        refused = int(self._call("reserve", self._reserve, keys=keys, args=args))
+        return None if refused == 0 else refused - 1
+
+    def settle(self, held: Sequence[Held], reserved: int, actual: int) -> None:
+        keys = [self.prefix + item.key for item in held]
+        args = [reserved, actual, *(_at(item.expires_at) for item in held)]
+        self._call("settle", self._settle, keys=keys, args=args)
+
+    def read(self, keys: Sequence[str]) -> list[Usage | None]:
+        if not keys:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hmget(self.prefix + key, "spent", "reserved")
+        rows = self._call("read", pipe.execute)
+        out: list[Usage | None] = []
+        for spent, reserved in rows:
+            if spent is None and reserved is None:
+                out.append(None)
+            else:
+                out.append(Usage(int(spent or 0), int(reserved or 0)))
+        return out
+
+    def raise_to(self, key: str, spent: int, expires_at: float) -> None:
+        args = [spent, _at(expires_at)]
+        self._call("rebuild", self._raise, keys=[self.prefix + key], args=args)
+
+    def epoch(self) -> str:
+        # A key without expiry, written once: gone (or new) exactly when Redis lost its data.
+        name = self.prefix + "epoch"
+        self._call("epoch", self.client.set, name, uuid.uuid4().hex, nx=True)
+        value = self._call("epoch", self.client.get, name)
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    def first(self, key: str, expires_at: float) -> bool:
+        name = self.prefix + "flag:" + key
+        return bool(self._call("flag", self.client.set, name, 1, nx=True, exat=_at(expires_at)))
