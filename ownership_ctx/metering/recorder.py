@@ -214,26 +214,27 @@ class Attempt:
             parsed = parsed if parsed is not None else Parsed()
             if status == "ok" and parsed.error_type is not None:
                 status = "error"  # an error event inside a 200 stream
-            event = build_event(
-                envelope=scope.envelope,
-                call_id=scope.call_id,
-                attempt=self.number,
-                provider=self.provider,
-                api=self.api,
-                request_model=request_model or scope.request_model,
-                parsed=parsed,
-                status=status,
-                http_status=http_status,
-                error_type=error_type or parsed.error_type,
-                ts=self.started,
-                latency_ms=latency_ms,
-                streaming=self.streaming,
-                provider_request_id=provider_request_id,
-                fallback_of=scope.fallback_of,
-                fallback_of_call_id=scope.fallback_of_call_id,
-                recorded_by=self.recorded_by,
+            events.emit(
+                event := build_event(
+                    envelope=scope.envelope,
+                    call_id=scope.call_id,
+                    attempt=self.number,
+                    provider=self.provider,
+                    api=self.api,
+                    request_model=request_model or scope.request_model,
+                    parsed=parsed,
+                    status=status,
+                    http_status=http_status,
+                    error_type=error_type or parsed.error_type,
+                    ts=self.started,
+                    latency_ms=latency_ms,
+                    streaming=self.streaming,
+                    provider_request_id=provider_request_id,
+                    fallback_of=scope.fallback_of,
+                    fallback_of_call_id=scope.fallback_of_call_id,
+                    recorded_by=self.recorded_by,
+                )
             )
-            events.emit(event)
             if budget_hook is not None:
                 _budget_finished(scope, scope.envelope, event)
         except Exception:
