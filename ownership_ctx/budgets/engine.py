@@ -409,6 +409,8 @@ class Budgets:
         matching = self._matching(envelope, now)
         if matching:
             held = tuple(Held(k, to_nanos(b.limit), p.expires_at) for b, _, k, p in matching)
+            for budget, owner, key, _ in matching:
+                self._watched.setdefault(key, (budget, owner))
             self._settle(held, 0, to_nanos(cost))
 
     def _settle(self, held: tuple[Held, ...], reserved: int, actual: int) -> None:
