@@ -257,14 +257,20 @@ class Budgets:
             if self._no_budgets:
                 return
             now = self._clock()
-            watched = list(self._watched.items())
-            current = [(k, b, o) for k, (b, o) in watched if k == self._key(b, o, now)]
             try:
-                self._maybe_rebuild()
+                self._maybe_rebuild()  # first: it may add counters to watch
+                watched = list(self._watched.items())
+                current = [(k, b, o) for k, (b, o) in watched if k == self._key(b, o, now)]
                 usages = self.counters.read([k for k, _, _ in current])
             except BackendUnavailable as error:
                 self._backend_failed(error)
                 self._verdicts = {}
+                return
+            except Exception:  # never into the host: the last view keeps serving
+                events.count("budget_errors")
+                if "refresh" not in self._logged:
+                    self._logged.add("refresh")
+                    logger.exception("ownership_ctx: refreshing the budget view failed")
                 return
             self._unavailable = False
             over: dict[str, Refusal] = {}
@@ -428,7 +434,16 @@ class Budgets:
             return
         epoch = self.counters.epoch()
         if epoch != self._epoch:
-            self.rebuild()
+            try:
+                self.rebuild()
+            except BackendUnavailable:
+                raise
+            except Exception:  # the store: retried at the next refresh
+                events.count("budget_rebuild_errors")
+                if "rebuild" not in self._logged:
+                    self._logged.add("rebuild")
+                    logger.exception("ownership_ctx: rebuilding budget counters failed")
+                return
             self._epoch = epoch
 
     def rebuild(self) -> int:

@@ -110,6 +110,7 @@ class RedisCounters:
 
     def read(self, keys: Sequence[str]) -> list[Usage | None]:
         if not keys:
+            self._call("ping", self.client.ping)  # so that a refresh notices Redis is down
             return []
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
