@@ -200,11 +200,11 @@ class Budgets:
         refusal: Refusal | None = None
         if envelope.attribution in ("attributed", "stamped"):
             now = self._clock()
-            for budget, owner, counter_key, _ in self._matching(envelope, now):
-                if counter_key not in self._watched:
-                    if len(self._watched) >= _MAX_WATCHED:
-                        self._watched.clear()
-                    self._watched[counter_key] = (budget, owner)
+            matching = self._matching(envelope, now)
+            unseen = [m for m in matching if m[2] not in self._watched]
+            if unseen:
+                self._first_sight(unseen)
+            for budget, owner, counter_key, _ in matching:
                 found = self._over.get(counter_key)
                 if found is None and self._unavailable and self.fail == "closed":
                     found = self._unavailable_refusal(budget, owner, now)
@@ -214,6 +214,26 @@ class Budgets:
             self._verdicts.clear()
         self._verdicts[key] = refusal
         return refusal
+
+    def _first_sight(self, unseen: list[tuple[Budget, str, str, _Period]]) -> None:
+        """Read counters this process has not watched yet, now: a new owner (or a new
+        process) must not wait a refresh to be refused. Once per owner and period."""
+        if len(self._watched) + len(unseen) >= _MAX_WATCHED:
+            self._watched.clear()
+        for budget, owner, key, _ in unseen:
+            self._watched[key] = (budget, owner)
+        try:
+            usages = self.counters.read([key for _, _, key, _ in unseen])
+        except BackendUnavailable as error:
+            self._backend_failed(error)
+            return
+        except Exception:
+            events.count("budget_errors")
+            return
+        for (budget, owner, key, period), usage in zip(unseen, usages, strict=True):
+            if usage is not None and usage.spent >= to_nanos(budget.limit):
+                over = Refusal(budget.name, budget.period, period.end, budget.owner_fields(owner))
+                self._over = {**self._over, key: over}
 
     def _matching(self, envelope: Envelope, now: float) -> list[tuple[Budget, str, str, _Period]]:
         out = []

@@ -32,24 +32,25 @@ __all__ = ["RedisCounters"]
 
 # KEYS: counters. ARGV: amount, then (limit, expire-at) per key. Returns 0 or refusing index + 1.
 _RESERVE: Final = """
-local amount = tonumber(ARGV[1])
 for i, key in ipairs(KEYS) do
   local used = redis.call('HMGET', key, 'spent', 'reserved')
   local total = tonumber(used[1] or '0') + tonumber(used[2] or '0')
   if total >= tonumber(ARGV[2 * i]) then return i end
 end
 for i, key in ipairs(KEYS) do
-  redis.call('HINCRBY', key, 'reserved', amount)
+  redis.call('HINCRBY', key, 'reserved', ARGV[1])
   redis.call('EXPIREAT', key, ARGV[2 * i + 1])
 end
 return 0
 """
-# KEYS: counters. ARGV: reserved, actual, then expire-at per key.
+# KEYS: counters. ARGV: minus the reserved amount, actual, then expire-at per key. (Numbers
+# pass through as the strings Python wrote: Lua's own formatting of -0 or 1e15 is no integer.)
 _SETTLE: Final = """
-local reserved = tonumber(ARGV[1])
 for i, key in ipairs(KEYS) do
-  local left = redis.call('HINCRBY', key, 'reserved', -reserved)
-  if left < 0 then redis.call('HSET', key, 'reserved', 0) end
+  if ARGV[1] ~= '0' then
+    local left = redis.call('HINCRBY', key, 'reserved', ARGV[1])
+    if left < 0 then redis.call('HSET', key, 'reserved', 0) end
+  end
   redis.call('HINCRBY', key, 'spent', ARGV[2])
   redis.call('EXPIREAT', key, ARGV[i + 2])
 end
@@ -105,7 +106,7 @@ class RedisCounters:
 
     def settle(self, held: Sequence[Held], reserved: int, actual: int) -> None:
         keys = [self.prefix + item.key for item in held]
-        args = [reserved, actual, *(_at(item.expires_at) for item in held)]
+        args = [str(-reserved), str(actual), *(_at(item.expires_at) for item in held)]
         self._call("settle", self._settle, keys=keys, args=args)
 
     def read(self, keys: Sequence[str]) -> list[Usage | None]:
