@@ -48,6 +48,11 @@ GRACE: Final = 86400.0
 UNAVAILABLE_RETRY: Final = 5.0
 _MAX_WATCHED: Final = 100_000
 _UNSEEN: Final = object()
+_WHERE: Final = {
+    "edge": "at the edge",
+    "queue": "on a queue",
+    "metering": "before a provider call",
+}
 
 
 class SpendSource(Protocol):
@@ -188,10 +193,10 @@ class Budgets:
         self._log_once(
             f"{place}:{refusal.budget}",
             logging.WARNING,
-            "ownership_ctx: %s work of budget %r at the %s (%s; logged once per budget and place)",
+            "ownership_ctx: %s work of budget %r %s (%s; logged once per budget and place)",
             "refusing" if enforced else "would refuse (observe only)",
             refusal.budget,
-            place,
+            _WHERE[place],
             refusal.detail(),
         )
         return refusal if enforced else None
@@ -202,7 +207,7 @@ class Budgets:
             now = self._clock()
             matching = self._matching(envelope, now)
             unseen = [m for m in matching if m[2] not in self._watched]
-            if unseen:
+            if unseen and not self._unavailable:  # down: no network on the request path
                 self._first_sight(unseen)
             for budget, owner, counter_key, _ in matching:
                 found = self._over.get(counter_key)
