@@ -22,6 +22,7 @@ from typing import Any, Final, Literal, Protocol
 
 from .. import events
 from ..envelope import Envelope
+from ..schema import money
 from .counters import BackendUnavailable, Counters, Held, MemoryCounters, Usage
 from .model import (
     Budget,
@@ -356,9 +357,9 @@ class Budgets:
             "ts": self._clock(),
             "budget": budget.name,
             "period": period.label,
-            "spent": format(from_nanos(usage.spent), "f"),
-            "soft": format(budget.soft, "f"),
-            "limit": format(budget.limit, "f"),
+            "spent": money.to_text(from_nanos(usage.spent)),
+            "soft": money.to_text(budget.soft),
+            "limit": money.to_text(budget.limit),
             **fields,
         }
         events.count("budget_warnings")

@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Final
 
 from ..envelope import Envelope
 from ..metering.recorder import CallScope, failed, pricer
 from ..metering.usage import Usage
+from ..schema import money
 from .engine import Budgets, Reservation
 from .model import BudgetExceeded
 
@@ -73,7 +74,7 @@ class MeteringHook:
         self, scope: CallScope | None, envelope: Envelope | None, event: Mapping[str, Any]
     ) -> None:
         """After each attempt's event: charge its cost; a final attempt closes the call."""
-        cost = _cost(event.get("cost"))
+        cost = money.to_decimal(event.get("cost"))
         reservation: Reservation | None = scope.budget if scope is not None else None
         if reservation is None:
             self.budgets.record(envelope, cost)
@@ -87,12 +88,3 @@ class MeteringHook:
         reservation: Reservation | None = scope.budget
         if reservation is not None:
             reservation.close()
-
-
-def _cost(value: object) -> Decimal | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return Decimal(value)
-    except InvalidOperation:
-        return None

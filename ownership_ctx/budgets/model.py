@@ -13,10 +13,11 @@ import json
 import math
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
-from decimal import ROUND_CEILING, Decimal
+from decimal import Decimal
 from typing import Final, Literal
 
 from ..envelope import Envelope, check_field
+from ..schema import money
 
 __all__ = [
     "MATCH_FIELDS",
@@ -35,16 +36,18 @@ Period = Literal["day", "week", "month"]
 PERIODS: Final = ("day", "week", "month")
 #: Envelope fields a budget can be scoped by (tenant in its hashed form only).
 MATCH_FIELDS: Final = ("owner_team", "workflow_id", "feature", "tenant")
-_BILLION: Final = Decimal(10**9)
 
 
 def to_nanos(amount: Decimal) -> int:
-    """Dollars -> integer nano-dollars, rounded up (a reservation never shrinks by rounding)."""
-    return int((amount * _BILLION).to_integral_value(rounding=ROUND_CEILING))
+    """Dollars -> integer nano-dollars (the store's unit, `ownership_ctx.schema.money`)."""
+    nanos = money.nano_parts(amount)[1]
+    if nanos is None:
+        raise ValueError(f"not an amount counters can hold: {amount!r}")
+    return nanos
 
 
 def from_nanos(nanos: int) -> Decimal:
-    return Decimal(nanos) / _BILLION
+    return money.from_nanos(nanos)
 
 
 def period_bounds(period: Period, ts: float) -> tuple[float, float]:
@@ -109,12 +112,13 @@ class Budget:
             return "name must be letters, digits, '.', '_' or '-'"
         if self.period not in PERIODS:
             return "period must be day, week or month"
-        if not isinstance(self.limit, Decimal) or not self.limit.is_finite() or self.limit < 0:
-            return "limit must be a finite amount >= 0 (USD)"
-        if self.soft is not None and (
-            not isinstance(self.soft, Decimal) or not self.soft.is_finite() or self.soft < 0
-        ):
-            return "soft must be a finite amount >= 0 (USD)"
+        for name, amount in (("limit", self.limit), ("soft", self.soft)):
+            if name == "soft" and amount is None:
+                continue
+            if not isinstance(amount, Decimal) or money.nano_parts(amount)[1] is None:
+                return f"{name} must be an amount in USD"
+            if amount < 0:
+                return f"{name} must be >= 0"
         if self.soft is not None and self.soft > self.limit:
             return "soft must not exceed limit"
         for name, value in self.match.items():

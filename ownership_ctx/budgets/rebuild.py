@@ -32,9 +32,9 @@ class StoreSpend:
 
     @classmethod
     def open(cls, url: str) -> StoreSpend:
-        from ..sinks.query import open_store
+        from ..sinks import open_reader
 
-        return cls(open_store(url))
+        return cls(open_reader(url))
 
     def spend(
         self, match: Mapping[str, str], each: Sequence[str], start: float, end: float

@@ -16,11 +16,12 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Final
 
+from ownership_ctx.store.api import EventQueries
+
 from ..budgets.html import burndown_section
 from .chargeback import Chargeback, chargeback
 from .coverage import Coverage, coverage
 from .rendering import money_text
-from .source import Source
 from .timerange import TimeRange, day_label, stamp
 from .trace import TraceReport, build
 
@@ -55,21 +56,14 @@ class HtmlReport:
 
 
 def top_requests(
-    source: Source, time_range: TimeRange, n: int, calls_in_range: int
+    source: EventQueries, time_range: TimeRange, n: int, calls_in_range: int = 0
 ) -> list[tuple[str, Decimal]]:
     """The ``n`` traces with the highest summed call cost in the range."""
-    ts = source.ts_column(calls_in_range)
-    rows = source.fetch(
-        f"SELECT trace_id, sum({source.cost_column}) AS spend FROM provider_calls"
-        f" WHERE {ts} >= ? AND {ts} < ? AND trace_id IS NOT NULL"
-        " GROUP BY trace_id ORDER BY spend DESC, trace_id LIMIT ?",
-        (time_range.start, time_range.end, n),
-    )
-    return [(str(t), source.money(s)) for t, s in rows if s is not None]
+    return [(t.trace_id, t.cost) for t in source.top_requests(time_range.start, time_range.end, n)]
 
 
 def build_report(
-    source: Source,
+    source: EventQueries,
     time_range: TimeRange,
     *,
     top: int = 10,

@@ -13,8 +13,7 @@ import pytest
 
 from ownership_ctx import bind, events, metering
 from ownership_ctx.cli import main
-from ownership_ctx.sinks import MemorySink
-from ownership_ctx.sinks.config import open_backend
+from ownership_ctx.sinks import MemorySink, open_store
 from tests.budgets.support import envelope
 
 NOON = datetime(2026, 11, 18, 12, 0, tzinfo=timezone.utc).timestamp()
@@ -52,7 +51,7 @@ def store(tmp_path: Path) -> str:
     finally:
         events.set_sink(previous)
     path = tmp_path / "ownership.db"
-    backend = open_backend(f"sqlite:///{path}")
+    backend = open_store(f"sqlite:///{path}")
     backend.write_batch(sink.events)
     backend.close()
     return f"sqlite:///{path}"

@@ -18,8 +18,7 @@ from ownership_ctx import bind, events, metering
 from ownership_ctx.budgets import BudgetExceeded, Budgets, MemoryCounters
 from ownership_ctx.budgets.rebuild import StoreSpend
 from ownership_ctx.budgets.redis_counters import RedisCounters
-from ownership_ctx.sinks import MemorySink
-from ownership_ctx.sinks.config import open_backend
+from ownership_ctx.sinks import MemorySink, open_store
 from tests.budgets.spenders import spend_until_refused
 from tests.budgets.support import LIMIT, envelope, team_budget
 from tests.faults import RedisServer, require_binary
@@ -116,7 +115,7 @@ def _store_with_spend(path: Path, amount: Decimal) -> StoreSpend:
             metering.record_call(provider="openai", model="gpt-4o", usage=None, cost=amount)
     finally:
         events.set_sink(previous)
-    store = open_backend(f"sqlite:///{path}")
+    store = open_store(f"sqlite:///{path}")
     store.write_batch(sink.events)
     return StoreSpend(store)
 
