@@ -63,6 +63,7 @@ _SETTINGS: Final = frozenset(
         "metering",
         "store",
         "default_max_tokens",
+        "reservation_ttl",
     }
 )
 _LINE: Final = re.compile(r"\(at line (\d+), column \d+\)")
@@ -130,8 +131,14 @@ def loads(text: str, *, path: str = "<budgets>", keys: Keys | None = None) -> Bu
     for key, value in settings.items():
         if key not in _SETTINGS:
             raise locate.error(None, key, f"unknown setting {key!r}")
-        if key == "refresh" and (not isinstance(value, (int, float)) or value <= 0):
-            raise locate.error(None, key, "refresh must be a number of seconds > 0")
+        if key in ("refresh", "reservation_ttl") and (
+            not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0
+        ):
+            raise locate.error(None, key, f"{key} must be a number of seconds > 0")
+        if key == "default_max_tokens" and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            raise locate.error(None, key, "default_max_tokens must be a whole number >= 1")
         if key in ("edge", "queue", "metering") and value not in ("enforce", "observe"):
             raise locate.error(None, key, f'{key} must be "enforce" or "observe"')
         if key == "fail" and value not in ("open", "closed"):

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
-__all__ = ["BackendUnavailable", "Counters", "Held", "MemoryCounters", "Usage"]
+__all__ = ["BackendUnavailable", "Counters", "Held", "Lease", "MemoryCounters", "Usage"]
 
 
 class BackendUnavailable(Exception):
@@ -40,15 +40,26 @@ class Usage(NamedTuple):
     reserved: int
 
 
+class Lease(NamedTuple):
+    """A reservation's identity and the time after which its process is presumed gone: an
+    expired lease is released by the next reservation on the same counter, so a process that
+    died between reserve and settle does not hold budget until the period ends."""
+
+    id: str
+    until: float  # epoch seconds
+
+
 class Counters(Protocol):
-    def reserve(self, held: Sequence[Held], amount: int) -> int | None:
-        """Add ``amount`` to ``reserved`` of every counter, atomically, if each has
-        ``spent + reserved < limit``; else change nothing. Returns None when granted, else
-        the index in ``held`` of a counter that refused."""
+    def reserve(self, held: Sequence[Held], amount: int, lease: Lease, now: float) -> int | None:
+        """Release expired leases; then add ``amount`` to ``reserved`` of every counter, held
+        under ``lease``, atomically, if each has ``spent + reserved < limit``; else change
+        nothing more. Returns None when granted, else the index in ``held`` of a counter
+        that refused."""
         ...
 
-    def settle(self, held: Sequence[Held], reserved: int, actual: int) -> None:
-        """Move a reservation to real spend: ``reserved -= reserved``, ``spent += actual``."""
+    def settle(self, held: Sequence[Held], reserved: int, actual: int, lease: Lease | None) -> None:
+        """Move a reservation to real spend: ``reserved -= reserved`` (only while ``lease``
+        is still held: an expired one was released already), ``spent += actual``."""
         ...
 
     def read(self, keys: Sequence[str]) -> list[Usage | None]:
@@ -72,49 +83,68 @@ class Counters(Protocol):
         ...
 
 
+class _Counter:
+    __slots__ = ("expires_at", "leases", "reserved", "spent")
+
+    def __init__(self, expires_at: float) -> None:
+        self.spent = 0
+        self.reserved = 0
+        self.expires_at = expires_at
+        self.leases: dict[str, tuple[int, float]] = {}  # lease id -> (amount, until)
+
+    def release_expired(self, now: float) -> None:
+        for lease_id, (amount, until) in list(self.leases.items()):
+            if until <= now:
+                del self.leases[lease_id]
+                self.reserved = max(0, self.reserved - amount)
+
+
 class MemoryCounters:
     """Counters in this process, behind a lock: for a single process (tests, a script, one
     worker). Expired counters are dropped lazily."""
 
     def __init__(self, clock: object = None) -> None:
         self._lock = threading.Lock()
-        self._counters: dict[str, list[float]] = {}  # key -> [spent, reserved, expires_at]
+        self._counters: dict[str, _Counter] = {}
         self._flags: dict[str, float] = {}
         self._now = time.time if clock is None else clock
         self._epoch = uuid.uuid4().hex
 
-    def _get(self, key: str, now: float) -> list[float] | None:
+    def _get(self, key: str, now: float) -> _Counter | None:
         counter = self._counters.get(key)
-        if counter is not None and counter[2] <= now:
+        if counter is not None and counter.expires_at <= now:
             del self._counters[key]
             return None
         return counter
 
-    def reserve(self, held: Sequence[Held], amount: int) -> int | None:
-        now = self._now()  # type: ignore[operator]
+    def reserve(self, held: Sequence[Held], amount: int, lease: Lease, now: float) -> int | None:
         with self._lock:
             counters = []
             for index, item in enumerate(held):
                 counter = self._get(item.key, now)
                 if counter is None:
-                    counter = [0, 0, item.expires_at]
-                if counter[0] + counter[1] >= item.limit:
+                    counter = _Counter(item.expires_at)
+                counter.release_expired(now)
+                if counter.spent + counter.reserved >= item.limit:
                     return index
                 counters.append((item.key, counter))
             for key, counter in counters:
-                counter[1] += amount
+                if amount:
+                    counter.reserved += amount
+                    counter.leases[lease.id] = (amount, lease.until)
                 self._counters[key] = counter
         return None
 
-    def settle(self, held: Sequence[Held], reserved: int, actual: int) -> None:
+    def settle(self, held: Sequence[Held], reserved: int, actual: int, lease: Lease | None) -> None:
         now = self._now()  # type: ignore[operator]
         with self._lock:
             for item in held:
                 counter = self._get(item.key, now)
                 if counter is None:
-                    counter = self._counters[item.key] = [0, 0, item.expires_at]
-                counter[0] += actual
-                counter[1] = max(0, counter[1] - reserved)
+                    counter = self._counters[item.key] = _Counter(item.expires_at)
+                counter.spent += actual
+                if lease is None or counter.leases.pop(lease.id, None) is not None:
+                    counter.reserved = max(0, counter.reserved - reserved)
 
     def read(self, keys: Sequence[str]) -> list[Usage | None]:
         now = self._now()  # type: ignore[operator]
@@ -122,7 +152,9 @@ class MemoryCounters:
             out: list[Usage | None] = []
             for key in keys:
                 counter = self._get(key, now)
-                out.append(None if counter is None else Usage(int(counter[0]), int(counter[1])))
+                if counter is not None:
+                    counter.release_expired(now)
+                out.append(None if counter is None else Usage(counter.spent, counter.reserved))
             return out
 
     def raise_to(self, key: str, spent: int, expires_at: float) -> None:
@@ -130,9 +162,8 @@ class MemoryCounters:
         with self._lock:
             counter = self._get(key, now)
             if counter is None:
-                self._counters[key] = [spent, 0, expires_at]
-            else:
-                counter[0] = max(counter[0], spent)
+                counter = self._counters[key] = _Counter(expires_at)
+            counter.spent = max(counter.spent, spent)
 
     def epoch(self) -> str:
         return self._epoch

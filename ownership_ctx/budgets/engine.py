@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Final, Literal, Protocol
@@ -23,7 +24,7 @@ from typing import Any, Final, Literal, Protocol
 from .. import events
 from ..envelope import Envelope
 from ..schema import money
-from .counters import BackendUnavailable, Counters, Held, MemoryCounters, Usage
+from .counters import BackendUnavailable, Counters, Held, Lease, MemoryCounters, Usage
 from .model import (
     Budget,
     BudgetExceeded,
@@ -70,12 +71,15 @@ class SpendSource(Protocol):
 class Reservation:
     """A call's worst-case cost held against its budgets; `charge` real costs, then `close`."""
 
-    __slots__ = ("_budgets", "amount", "charged", "closed", "held")
+    __slots__ = ("_budgets", "amount", "charged", "closed", "held", "lease")
 
-    def __init__(self, budgets: Budgets, held: tuple[Held, ...], amount: int) -> None:
+    def __init__(
+        self, budgets: Budgets, held: tuple[Held, ...], amount: int, lease: Lease | None = None
+    ) -> None:
         self._budgets = budgets
         self.held = held
         self.amount = amount  # nano-dollars reserved (0 when observing or failing open)
+        self.lease = lease
         self.charged = 0
         self.closed = False
 
@@ -89,7 +93,7 @@ class Reservation:
         if self.closed:
             return
         self.closed = True
-        self._budgets._settle(self.held, self.amount, self.charged)
+        self._budgets._settle(self.held, self.amount, self.charged, self.lease)
 
 
 class _Period:
@@ -110,7 +114,8 @@ class Budgets:
     backend cannot be reached, ``"open"`` (serve; the failure is counted and logged once) or
     ``"closed"`` (refuse work that a budget covers). ``refresh``: the longest time the cached
     view used by `check` may be stale. ``source``: the event store, to rebuild counters when
-    the backend lost them (see `rebuild`).
+    the backend lost them (see `rebuild`). ``reservation_ttl``: how long a call may hold its
+    reservation; after that it is presumed dead (its process crashed) and released.
     """
 
     def __init__(
@@ -125,6 +130,7 @@ class Budgets:
         refresh: float = 1.0,
         source: SpendSource | None = None,
         default_max_tokens: int = 4096,
+        reservation_ttl: float = 900.0,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -139,6 +145,8 @@ class Budgets:
             raise ValueError(f"fail must be 'open' or 'closed', not {fail!r}")
         if not refresh > 0:
             raise ValueError("refresh must be > 0 seconds")
+        if not reservation_ttl > 0:
+            raise ValueError("reservation_ttl must be > 0 seconds")
         self.budgets = tuple(budgets)
         self.counters: Counters = counters if counters is not None else MemoryCounters()
         self.enforcement: dict[str, Enforcement] = {
@@ -150,6 +158,7 @@ class Budgets:
         self.refresh = refresh
         self.source = source
         self.default_max_tokens = default_max_tokens
+        self.reservation_ttl = reservation_ttl
         self._clock = clock
         self._monotonic = monotonic
         self._lock = threading.Lock()
@@ -415,8 +424,9 @@ class Budgets:
         for budget, owner, key, _ in matching:
             self._watched.setdefault(key, (budget, owner))
         nanos = to_nanos(amount) if amount > 0 else 0
+        lease = Lease(uuid.uuid4().hex, now + self.reservation_ttl)
         try:
-            refused = self.counters.reserve(held, nanos)
+            refused = self.counters.reserve(held, nanos, lease, now)
         except BackendUnavailable as error:
             self._backend_failed(error)
             if self.fail == "closed" and self.enforcement["metering"] == "enforce":
@@ -424,7 +434,7 @@ class Budgets:
                 raise BudgetExceeded(self._unavailable_refusal(budget, owner, now)) from None
             return Reservation(self, held, 0)
         if refused is None:
-            return Reservation(self, held, nanos)
+            return Reservation(self, held, nanos, lease)
         budget, owner, _, period = matching[refused]
         refusal = Refusal(budget.name, budget.period, period.end, budget.owner_fields(owner))
         if self._refused(refusal, "metering") is not None:
@@ -445,11 +455,13 @@ class Budgets:
                 self._watched.setdefault(key, (budget, owner))
             self._settle(held, 0, to_nanos(cost))
 
-    def _settle(self, held: tuple[Held, ...], reserved: int, actual: int) -> None:
+    def _settle(
+        self, held: tuple[Held, ...], reserved: int, actual: int, lease: Lease | None = None
+    ) -> None:
         if not held or (reserved == 0 and actual == 0):
             return
         try:
-            self.counters.settle(held, reserved, actual)
+            self.counters.settle(held, reserved, actual, lease)
         except BackendUnavailable as error:
             self._backend_failed(error)
 

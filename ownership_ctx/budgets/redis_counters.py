@@ -2,7 +2,8 @@
 
     pip install "ownership-ctx[budgets]"   # the redis client
 
-Each counter is a hash (``spent``, ``reserved``) that expires a day after its period ends.
+Each counter is a hash (``spent``, ``reserved``) that expires a day after its period ends,
+with a sorted set of the leases of the reservations it holds (released when they expire).
 Reserve and settle are Lua scripts, so each is atomic across all the counters a call touches
 (a team budget and a team+feature budget move together or not at all). Every error is
 `BackendUnavailable`; the engine decides whether that fails open or closed. A short socket
@@ -26,33 +27,60 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         'the Redis budget backend needs the redis client: pip install "ownership-ctx[budgets]"'
     ) from error
 
-from .counters import BackendUnavailable, Held, Usage
+from .counters import BackendUnavailable, Held, Lease, Usage
 
 __all__ = ["RedisCounters"]
 
-# KEYS: counters. ARGV: amount, then (limit, expire-at) per key. Returns 0 or refusing index + 1.
+# Each counter is two keys: its hash (spent, reserved) and a sorted set of the leases of the
+# reservations it holds (member "<id>:<amount>", score: the lease's end). Numbers pass through
+# as the strings Python wrote: Lua's own formatting of -0 or 1e15 is no integer for Redis.
+
+# KEYS: (counter, leases) per counter.
+# ARGV: amount, now, lease member, lease end, then (limit, expire-at) per counter.
+# Returns 0 when granted, else the number (from 1) of the counter that refused.
 _RESERVE: Final = """
-for i, key in ipairs(KEYS) do
+local n = #KEYS / 2
+for i = 1, n do
+  local key, leases = KEYS[2 * i - 1], KEYS[2 * i]
+  local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', ARGV[2])
+  if #expired > 0 then
+    local total = 0
+    for _, member in ipairs(expired) do
+      total = total + tonumber(string.match(member, ':(%d+)$'))
+    end
+    redis.call('ZREMRANGEBYSCORE', leases, '-inf', ARGV[2])
+    local left = redis.call('HINCRBY', key, 'reserved', string.format('%d', -total))
+    if left < 0 then redis.call('HSET', key, 'reserved', 0) end
+  end
   local used = redis.call('HMGET', key, 'spent', 'reserved')
-  local total = tonumber(used[1] or '0') + tonumber(used[2] or '0')
-  if total >= tonumber(ARGV[2 * i]) then return i end
+  if tonumber(used[1] or '0') + tonumber(used[2] or '0') >= tonumber(ARGV[3 + 2 * i]) then
+    return i
+  end
 end
-for i, key in ipairs(KEYS) do
-  redis.call('HINCRBY', key, 'reserved', ARGV[1])
-  redis.call('EXPIREAT', key, ARGV[2 * i + 1])
+for i = 1, n do
+  local key, leases = KEYS[2 * i - 1], KEYS[2 * i]
+  if ARGV[1] ~= '0' then
+    redis.call('HINCRBY', key, 'reserved', ARGV[1])
+    redis.call('ZADD', leases, ARGV[4], ARGV[3])
+    redis.call('EXPIREAT', leases, ARGV[4 + 2 * i])
+  end
+  redis.call('EXPIREAT', key, ARGV[4 + 2 * i])
 end
 return 0
 """
-# KEYS: counters. ARGV: minus the reserved amount, actual, then expire-at per key. (Numbers
-# pass through as the strings Python wrote: Lua's own formatting of -0 or 1e15 is no integer.)
+# KEYS: (counter, leases) per counter.
+# ARGV: minus the reserved amount, actual, lease member ('' for none), then expire-at each.
 _SETTLE: Final = """
-for i, key in ipairs(KEYS) do
-  if ARGV[1] ~= '0' then
+for i = 1, #KEYS / 2 do
+  local key, leases = KEYS[2 * i - 1], KEYS[2 * i]
+  local held = 1
+  if ARGV[3] ~= '' then held = redis.call('ZREM', leases, ARGV[3]) end
+  if held == 1 and ARGV[1] ~= '0' then
     local left = redis.call('HINCRBY', key, 'reserved', ARGV[1])
     if left < 0 then redis.call('HSET', key, 'reserved', 0) end
   end
   redis.call('HINCRBY', key, 'spent', ARGV[2])
-  redis.call('EXPIREAT', key, ARGV[i + 2])
+  redis.call('EXPIREAT', key, ARGV[3 + i])
 end
 return 0
 """
@@ -96,18 +124,23 @@ class RedisCounters:
         except redis.RedisError as error:
             raise BackendUnavailable(f"redis {what}: {type(error).__name__}") from error
 
-    def reserve(self, held: Sequence[Held], amount: int) -> int | None:
-        args: list[int] = [amount]
+    def _keys(self, held: Sequence[Held]) -> list[str]:
+        keys = []
         for item in held:
-            args += [item.limit, _at(item.expires_at)]
-        keys = [self.prefix + item.key for item in held]
-        refused = int(self._call("reserve", self._reserve, keys=keys, args=args))
+            keys += [self.prefix + item.key, self.prefix + item.key + ":leases"]
+        return keys
+
+    def reserve(self, held: Sequence[Held], amount: int, lease: Lease, now: float) -> int | None:
+        args: list[object] = [str(amount), repr(now), f"{lease.id}:{amount}", repr(lease.until)]
+        for item in held:
+            args += [str(item.limit), _at(item.expires_at)]
+        refused = int(self._call("reserve", self._reserve, keys=self._keys(held), args=args))
         return None if refused == 0 else refused - 1
 
-    def settle(self, held: Sequence[Held], reserved: int, actual: int) -> None:
-        keys = [self.prefix + item.key for item in held]
-        args = [str(-reserved), str(actual), *(_at(item.expires_at) for item in held)]
-        self._call("settle", self._settle, keys=keys, args=args)
+    def settle(self, held: Sequence[Held], reserved: int, actual: int, lease: Lease | None) -> None:
+        member = "" if lease is None else f"{lease.id}:{reserved}"
+        args = [str(-reserved), str(actual), member, *(_at(item.expires_at) for item in held)]
+        self._call("settle", self._settle, keys=self._keys(held), args=args)
 
     def read(self, keys: Sequence[str]) -> list[Usage | None]:
         if not keys:

@@ -7,6 +7,7 @@ import json
 import logging
 import random
 import threading
+import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -24,7 +25,7 @@ from ownership_ctx.budgets import (
     MemoryCounters,
     period_bounds,
 )
-from ownership_ctx.budgets.counters import Held, Usage
+from ownership_ctx.budgets.counters import Held, Lease, Usage
 from tests.budgets.support import LIMIT, Clock, envelope, team_budget
 
 
@@ -165,10 +166,10 @@ def test_overshoot_is_at_most_the_largest_reservation_in_flight(seed: int) -> No
 class Broken:
     """Counters whose backend is down."""
 
-    def reserve(self, held: Sequence[Held], amount: int) -> int | None:
+    def reserve(self, held: Sequence[Held], amount: int, lease: Lease, now: float) -> int | None:
         raise BackendUnavailable("down")
 
-    def settle(self, held: Sequence[Held], reserved: int, actual: int) -> None:
+    def settle(self, held: Sequence[Held], reserved: int, actual: int, lease: Lease | None) -> None:
         raise BackendUnavailable("down")
 
     def read(self, keys: Sequence[str]) -> list[Usage | None]:
@@ -294,3 +295,20 @@ def test_installed_budgets_reach_the_manual_metering_api() -> None:
         )
     assert live.usage(live.budgets[0]) == (Decimal("0.25"), Decimal(0))
     assert isinstance(live.counters, MemoryCounters)
+
+
+def test_a_reservation_whose_process_died_is_released_when_its_lease_expires() -> None:
+    clock = Clock(time.time())
+    budgets = Budgets([team_budget()], MemoryCounters(clock=clock), clock=clock, reservation_ttl=60)
+    owner = envelope()
+    crashed = budgets.reserve(owner, Decimal("1.00"))  # never settled: its process died
+    assert crashed is not None
+    with pytest.raises(BudgetExceeded):
+        budgets.reserve(owner, Decimal("0.10"))
+    clock.now += 61
+    late = budgets.reserve(owner, Decimal("0.10"))  # the dead lease is released first
+    assert late is not None
+    assert budgets.usage(budgets.budgets[0]) == (Decimal(0), Decimal("0.1"))
+    crashed.charge(Decimal("0.30"))  # it was alive after all, only slow
+    crashed.close()
+    assert budgets.usage(budgets.budgets[0]) == (Decimal("0.3"), Decimal("0.1"))

@@ -51,9 +51,9 @@ def test_a_call_is_reserved_then_settled_to_its_real_cost(fake: FakeProviders) -
     seen: list[tuple[Decimal, Decimal]] = []
     original = live.counters.settle
 
-    def spy(held, reserved, actual):  # type: ignore[no-untyped-def]
+    def spy(held, reserved, actual, lease):  # type: ignore[no-untyped-def]
         seen.append((Decimal(reserved) / 10**9, Decimal(actual) / 10**9))
-        original(held, reserved, actual)
+        original(held, reserved, actual, lease)
 
     live.counters.settle = spy  # type: ignore[method-assign]
     with bind(envelope()):

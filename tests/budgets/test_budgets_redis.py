@@ -157,3 +157,21 @@ def test_counters_lost_with_a_restarted_redis_are_rebuilt_from_the_store(
         assert budgets.usage(budgets.budgets[0]) == (Decimal("0.7"), Decimal(0))
     finally:
         source.close()
+
+
+def test_redis_releases_the_reservation_of_a_dead_process(redis_url: str, prefix: str) -> None:
+    counters = RedisCounters(redis_url, prefix=prefix)
+    dead = Budgets([team_budget()], counters, reservation_ttl=0.2)
+    crashed = dead.reserve(envelope(), Decimal("1.00"))  # never settled
+    assert crashed is not None
+    alive = Budgets([team_budget()], RedisCounters(redis_url, prefix=prefix))
+    with pytest.raises(BudgetExceeded):
+        alive.reserve(envelope(), Decimal("0.10"))
+    time.sleep(0.3)
+    held = alive.reserve(envelope(), Decimal("0.10"))
+    assert held is not None
+    assert alive.usage(alive.budgets[0]) == (Decimal(0), Decimal("0.1"))
+    crashed.charge(Decimal("0.30"))  # slow, not dead: its spend counts, its hold is gone
+    crashed.close()
+    held.close()
+    assert alive.usage(alive.budgets[0]) == (Decimal("0.3"), Decimal(0))
