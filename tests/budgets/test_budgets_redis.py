@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from ownership_ctx import bind, events, metering
-from ownership_ctx.budgets import BudgetExceeded, Budgets, MemoryCounters
+from ownership_ctx.budgets import BudgetExceeded, Budgets, MemoryCounters, period_bounds
 from ownership_ctx.budgets.rebuild import StoreSpend
 from ownership_ctx.budgets.redis_counters import RedisCounters
 from ownership_ctx.sinks import MemorySink, open_store
@@ -49,10 +49,15 @@ def test_counters_expire_a_day_after_their_period(redis_url: str, prefix: str) -
     budgets = Budgets([team_budget()], counters)
     held = budgets.reserve(envelope(), Decimal("0.1"))
     assert held is not None
-    ((key, _),) = budgets._watched.items()
-    ttl = redis.Redis.from_url(redis_url).ttl(prefix + key)
-    period_end = budgets._period(budgets.budgets[0], time.time()).end
-    assert abs(ttl - (period_end + 86400 - time.time())) < 5
+    client = redis.Redis.from_url(redis_url)
+    keys = {k.decode() for k in client.scan_iter(match=prefix + "support-daily:*")}
+    assert keys == {
+        prefix + "support-daily:" + time.strftime("%Y-%m-%d", time.gmtime()) + ":",
+        prefix + "support-daily:" + time.strftime("%Y-%m-%d", time.gmtime()) + "::leases",
+    }
+    _, period_end = period_bounds("day", time.time())
+    for key in keys:
+        assert abs(client.ttl(key) - (period_end + 86400 - time.time())) < 5
 
 
 @pytest.fixture
