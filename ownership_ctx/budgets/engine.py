@@ -170,6 +170,7 @@ class Budgets:
         self._next_refresh = 0.0
         self._unavailable = False
         self._logged: set[str] = set()
+        self._warned: set[str] = set()  # counters whose soft threshold was handled
         self._epoch: str | None = None
         self._no_budgets = not self.budgets
 
@@ -307,7 +308,10 @@ class Budgets:
                     self._logged.add("refresh")
                     logger.exception("ownership_ctx: refreshing the budget view failed")
                 return
-            self._unavailable = False
+            if self._unavailable:
+                self._unavailable = False
+                self._logged.discard("backend")  # the next outage is logged again
+                logger.warning("ownership_ctx: budget counters are reachable again")
             over: dict[str, Refusal] = {}
             for (key, budget, owner), usage in zip(current, usages, strict=True):
                 if usage is None:
@@ -317,7 +321,11 @@ class Budgets:
                     over[key] = Refusal(
                         budget.name, budget.period, period.end, budget.owner_fields(owner)
                     )
-                if budget.soft is not None and usage.spent >= to_nanos(budget.soft):
+                if (
+                    budget.soft is not None
+                    and key not in self._warned
+                    and usage.spent >= to_nanos(budget.soft)
+                ):
                     self._soft_crossed(budget, owner, key, usage, period)
             self._watched = {k: (b, o) for k, b, o in current}
             self._over = over
@@ -334,8 +342,8 @@ class Budgets:
         self._log_once(
             "backend",
             logging.ERROR,
-            "ownership_ctx: budget counters unavailable (%s); failing %s: %s (logged once;"
-            " counted in events.stats['budget_backend_errors'])",
+            "ownership_ctx: budget counters unavailable (%s); failing %s: %s (logged once per"
+            " outage; counted in events.stats['budget_backend_errors'])",
             error,
             self.fail,
             "work is served without budget checks"
@@ -355,10 +363,14 @@ class Budgets:
         self, budget: Budget, owner: str, key: str, usage: Usage, period: _Period
     ) -> None:
         try:
-            if not self.counters.first("warn:" + key, period.expires_at):
-                return
+            first = self.counters.first("warn:" + key, period.expires_at)
         except BackendUnavailable as error:
             self._backend_failed(error)
+            return
+        if len(self._warned) >= _MAX_WATCHED:
+            self._warned.clear()
+        self._warned.add(key)  # here or in another process: asked once per key
+        if not first:
             return
         fields = budget.owner_fields(owner)
         event: dict[str, Any] = {

@@ -94,6 +94,9 @@ def test_with_redis_stopped_the_host_keeps_serving(
     logged = [r for r in caplog.records if "budget counters unavailable" in r.getMessage()]
     assert len(logged) == 1 and "failing open" in logged[0].getMessage()
     private_redis.start()
+    with caplog.at_level(logging.WARNING, "ownership_ctx.budgets"):
+        budgets.refresh_now()
+    assert any("reachable again" in r.getMessage() for r in caplog.records)
     assert budgets.reserve(owner, Decimal("0.1")).amount > 0  # type: ignore[union-attr]
 
 
