@@ -11,6 +11,7 @@ nothing, but a spent budget still refuses it.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping
 from decimal import Decimal
@@ -23,9 +24,10 @@ from ..schema import money
 from .engine import Budgets, Reservation
 from .model import BudgetExceeded
 
-__all__ = ["MeteringHook", "worst_case"]
+__all__ = ["MeteringHook", "gemini_body", "worst_case"]
 
 _MAX_KEYS: Final = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_GEMINI_MODEL: Final = re.compile(r"/(?:models|tunedModels)/([^/:?]+):")
 
 
 def worst_case(
@@ -44,6 +46,18 @@ def worst_case(
     return result.cost
 
 
+def gemini_body(request: object) -> dict[str, Any] | None:
+    """What `worst_case` needs from a google-genai ``HttpRequest``: the model (from its URL),
+    ``generationConfig.maxOutputTokens`` and the request body."""
+    url, data = getattr(request, "url", None), getattr(request, "data", None)
+    found = _GEMINI_MODEL.search(url) if isinstance(url, str) else None
+    if found is None or not isinstance(data, Mapping):
+        return None
+    config = data.get("generationConfig") or data.get("generation_config") or {}
+    limit = config.get("maxOutputTokens") if isinstance(config, Mapping) else None
+    return {"model": found.group(1), "max_output_tokens": limit, "contents": data}
+
+
 class MeteringHook:
     """What `ownership_ctx.metering` calls when budgets are installed."""
 
@@ -57,7 +71,9 @@ class MeteringHook:
         nothing else (a failure to estimate reserves nothing and is counted)."""
         amount = None
         try:
-            if isinstance(body, Mapping):
+            if not isinstance(body, Mapping):
+                body = gemini_body(body)
+            if body is not None:
                 amount = worst_case(
                     provider, body, default_max_tokens=self.budgets.default_max_tokens
                 )

@@ -159,6 +159,13 @@ def _reserve(scope: Any, provider: str, options: Any) -> None:
         hook.reserve(scope, provider, getattr(options, "json_data", None))
 
 
+def _reserve_gemini(scope: Any, provider: str, args: Any, kwargs: Any) -> None:
+    """Budgets' reservation for one Gemini call (its ``HttpRequest``, first argument)."""
+    hook = recorder.budget_hook
+    if hook is not None:
+        hook.reserve(scope, provider, args[0] if args else kwargs.get("http_request"))
+
+
 def _scope_for(options: Any) -> Any:
     try:
         return open_scope(_model_of(options))
@@ -187,8 +194,17 @@ def _gemini(client: Any, provider: str) -> None:
 
         @functools.wraps(request)
         def scoped_request(*args: Any, **kwargs: Any) -> Any:
-            with scoped(open_scope()):
-                return request(*args, **kwargs)
+            scope = open_scope()
+            if recorder.budget_hook is None:
+                with scoped(scope):
+                    return request(*args, **kwargs)
+            _reserve_gemini(scope, provider, args, kwargs)  # budgets: may refuse
+            try:
+                with scoped(scope):
+                    return request(*args, **kwargs)
+            except BaseException:
+                recorder.budget_hook.failed(scope)
+                raise
 
         api._request = scoped_request
     arequest = getattr(api, "_async_request", None)
@@ -196,8 +212,17 @@ def _gemini(client: Any, provider: str) -> None:
 
         @functools.wraps(arequest)
         async def scoped_arequest(*args: Any, **kwargs: Any) -> Any:
-            with scoped(open_scope()):
-                return await arequest(*args, **kwargs)
+            scope = open_scope()
+            if recorder.budget_hook is None:
+                with scoped(scope):
+                    return await arequest(*args, **kwargs)
+            _reserve_gemini(scope, provider, args, kwargs)  # budgets: may refuse
+            try:
+                with scoped(scope):
+                    return await arequest(*args, **kwargs)
+            except BaseException:
+                recorder.budget_hook.failed(scope)
+                raise
 
         api._async_request = scoped_arequest
     setattr(api, _MARK, True)

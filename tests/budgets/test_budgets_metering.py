@@ -142,3 +142,32 @@ def test_budgets_off_changes_nothing(fake: FakeProviders) -> None:
     with bind(envelope()):
         client.chat.completions.create(model="gpt-4o", max_tokens=32, messages=MESSAGES)
     assert chat_calls(fake) == 1
+
+
+def test_gemini_calls_are_reserved_and_refused_too(fake: FakeProviders) -> None:
+    from google import genai
+    from google.genai import types
+
+    live = Budgets([team_budget(Decimal("0.000001"))])
+    budgets.install(live)
+    reserved: list[int] = []
+    original = live.counters.reserve
+
+    def spy(held, amount, lease, now):  # type: ignore[no-untyped-def]
+        reserved.append(amount)
+        return original(held, amount, lease, now)
+
+    live.counters.reserve = spy  # type: ignore[method-assign]
+    client = metering.instrument(
+        genai.Client(api_key="test", http_options=types.HttpOptions(base_url=fake.url))
+    )
+    config = types.GenerateContentConfig(max_output_tokens=100)
+    with bind(envelope()):
+        client.models.generate_content(model="gemini-2.5-flash", contents="hi", config=config)
+        with pytest.raises(BudgetExceeded):
+            client.models.generate_content(model="gemini-2.5-flash", contents="hi", config=config)
+    generate = [r for r in fake.requests if "generateContent" in r["path"]]
+    assert len(generate) == 1  # the second was refused before it was sent
+    assert reserved[0] > 100 * 2500  # 100 output tokens at $2.50/M: at least 250,000 nanos
+    spent, held = live.usage(live.budgets[0])
+    assert spent > 0 and held == 0
