@@ -47,8 +47,6 @@ class Deployment:
         }
         self.log = tmp / f"{kind}-worker.log"
         self.process: subprocess.Popen[bytes] | None = None
-        os.environ["OC_REDIS_URL"] = redis_url  # the test process records the same way
-        os.environ["OC_RECORDS"] = self.records
 
     def start(self, command: list[str]) -> None:
         out = self.log.open("wb")
@@ -88,8 +86,12 @@ class Deployment:
 
 
 @pytest.fixture
-def celery_deployment(redis_url: str, prefix: str, tmp_path: Path) -> Iterator[Deployment]:
+def celery_deployment(
+    redis_url: str, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Deployment]:
     deployment = Deployment(redis_url, prefix, "celery", tmp_path)
+    monkeypatch.setenv("OC_REDIS_URL", redis_url)  # the test process records the same way
+    monkeypatch.setenv("OC_RECORDS", deployment.records)
     deployment.start(
         [
             sys.executable,
@@ -151,8 +153,12 @@ def test_celery_refuses_at_publish_and_in_the_worker(celery_deployment: Deployme
 
 
 @pytest.fixture
-def dramatiq_deployment(redis_url: str, prefix: str, tmp_path: Path) -> Iterator[Deployment]:
+def dramatiq_deployment(
+    redis_url: str, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Deployment]:
     deployment = Deployment(redis_url, prefix, "dramatiq", tmp_path)
+    monkeypatch.setenv("OC_REDIS_URL", redis_url)  # the test process records the same way
+    monkeypatch.setenv("OC_RECORDS", deployment.records)
     deployment.start(
         [
             sys.executable,
