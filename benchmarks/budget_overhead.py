@@ -1,9 +1,9 @@
 """What a budget check adds at the edge, next to the same edge without budgets.
 
-The ASGI middleware (enforce, full envelope) wraps a bare app and gets the same requests as in
-``edge_overhead.py``, called directly as an ASGI callable, in three setups: no budgets
-installed, budgets installed with in-process counters, and budgets on Redis counters (skipped
-when no Redis answers). Each budgeted setup has five budgets, two of which cover the
+The ASGI middleware (enforce, full envelope) wraps ``edge_overhead.py``'s bare app and gets
+its requests (app, scopes and timing loop imported from it), called directly, in three
+setups: no budgets installed, budgets with in-process counters, and budgets on Redis counters
+(skipped when no Redis answers). Each budgeted setup has five budgets, two of which cover the
 requests' owner (a team budget and a per-tenant one) and neither is spent, so every request
 is checked and served. The check reads a cached view refreshed at most every second (with
 Redis: one pipelined read per refresh, amortized over the requests). Rounds are interleaved;
@@ -24,63 +24,19 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
+from edge_overhead import KEY, bare_asgi, make_scopes, time_asgi  # the same app and requests
+
 from ownership_ctx import Envelope, Keys, Policy, budgets, new_trace_id
 from ownership_ctx.asgi import OwnershipMiddleware
 from ownership_ctx.budgets import Budget, Budgets, Counters
-from ownership_ctx.codec import encode_header
 from ownership_ctx.hashing import hash_identifier
 
-KEY = b"benchmark-hash-key-0123456789"
 TENANT = hash_identifier("acme-corp", KEY)
 GOAL_US = 5.0
-
-
-async def bare_asgi(scope: Any, receive: Any, send: Any) -> None:
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": b"ok"})
-
-
-def baggage() -> bytes:
-    envelope = Envelope(
-        trace_id=new_trace_id(),
-        owner_team="search-platform",
-        workflow_id="ticket-triage-v2",
-        feature="summarize",
-        tenant=TENANT,
-        user=hash_identifier("user-42", KEY),
-    )
-    text = encode_header(envelope)
-    return ",".join(m for m in text.split(",") if not m.startswith("ownership.trace_id=")).encode()
-
-
-def scopes(n: int) -> list[dict[str, Any]]:
-    fixed = baggage()
-    return [
-        {
-            "type": "http",
-            "method": "GET",
-            "path": "/v1/summarize",
-            "raw_path": b"/v1/summarize",
-            "query_string": b"",
-            "headers": [
-                (b"host", b"api.example.com"),
-                (b"traceparent", f"00-{new_trace_id()}-00f067aa0ba902b7-01".encode()),
-                (b"baggage", fixed),
-            ],
-            "scheme": "http",
-            "http_version": "1.1",
-            "server": ("127.0.0.1", 8000),
-            "client": ("127.0.0.1", 5000),
-            "root_path": "",
-            "asgi": {"version": "3.0"},
-        }
-        for _ in range(n)
-    ]
 
 
 def make_budgets(counters: Counters | None) -> Budgets:
@@ -111,19 +67,6 @@ def redis_counters(url: str | None) -> Counters | None:
     return RedisCounters(url, prefix=f"oc-bench:{uuid.uuid4().hex[:8]}:")
 
 
-async def time_app(app: Callable[..., Any], requests: list[dict[str, Any]]) -> float:
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        pass
-
-    start = time.perf_counter()
-    for scope in requests:
-        await app(dict(scope), receive, send)
-    return (time.perf_counter() - start) / len(requests) * 1e6
-
-
 def run(rounds: int, n: int, redis_url: str | None) -> tuple[dict[str, float], float]:
     policy = Policy(mode="enforce", required=("owner_team", "workflow_id", "feature", "tenant"))
     edge = OwnershipMiddleware(bare_asgi, policy=policy, keys=Keys())
@@ -134,18 +77,18 @@ def run(rounds: int, n: int, redis_url: str | None) -> tuple[dict[str, float], f
     shared = redis_counters(redis_url)
     if shared is not None:
         setups["edge + budgets (Redis counters)"] = make_budgets(shared)
-    requests = scopes(n)
+    requests = make_scopes(n, unique_baggage=False)
     samples: dict[str, list[float]] = {"bare app": [], **{name: [] for name in setups}}
 
     async def go() -> None:
         for _ in range(rounds):
-            samples["bare app"].append(await time_app(bare_asgi, requests))
+            samples["bare app"].append(await time_asgi(bare_asgi, requests))
             for name, setup in setups.items():
                 if setup is None:
                     budgets.uninstall()
                 else:
                     budgets.install(setup)
-                samples[name].append(await time_app(edge, requests))
+                samples[name].append(await time_asgi(edge, requests))
         budgets.uninstall()
 
     asyncio.run(go())
