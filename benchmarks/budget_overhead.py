@@ -62,8 +62,10 @@ def redis_counters(url: str | None) -> Counters | None:
         socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), 1).close()
     except OSError:
         return None
-    from ownership_ctx.budgets.redis_counters import RedisCounters
-
+    try:
+        from ownership_ctx.budgets.redis_counters import RedisCounters
+    except ImportError:  # no redis client: pip install "ownership-ctx[budgets]"
+        return None
     return RedisCounters(url, prefix=f"oc-bench:{uuid.uuid4().hex[:8]}:")
 
 
