@@ -488,11 +488,15 @@ class Budgets:
                 self.rebuild()
             except BackendUnavailable:
                 raise
-            except Exception:  # the store: retried at the next refresh
+            except Exception as error:  # the store (not written yet?): retried next refresh
                 events.count("budget_rebuild_errors")
-                if "rebuild" not in self._logged:
-                    self._logged.add("rebuild")
-                    logger.exception("ownership_ctx: rebuilding budget counters failed")
+                self._log_once(
+                    "rebuild",
+                    logging.WARNING,
+                    "ownership_ctx: rebuilding budget counters from the event store failed (%s);"
+                    " tried again at each refresh (logged once)",
+                    error,
+                )
                 return
             self._epoch = epoch
 

@@ -25,21 +25,31 @@ class Rollups(Protocol):
 
 
 class StoreSpend:
-    """`SpendSource` over the event store's rollups."""
+    """`SpendSource` over the event store's rollups: a store object, or a URL opened (read
+    only) at first use. A store that cannot be read yet (no events written so far) raises
+    there; the engine logs that once and tries again at its next refresh."""
 
-    def __init__(self, store: Rollups) -> None:
+    def __init__(self, store: Rollups | None = None, *, url: str | None = None) -> None:
+        if store is None and url is None:
+            raise ValueError("StoreSpend needs a store or a url")
         self.store = store
+        self.url = url
 
     @classmethod
     def open(cls, url: str) -> StoreSpend:
-        from ..sinks import open_reader
+        return cls(url=url)
 
-        return cls(open_reader(url))
+    def _rollups(self) -> Rollups:
+        if self.store is None:
+            from ..sinks import open_reader
+
+            self.store = open_reader(self.url)
+        return self.store
 
     def spend(
         self, match: Mapping[str, str], each: Sequence[str], start: float, end: float
     ) -> dict[tuple[str | None, ...], Decimal]:
-        rows = self.store.rollups(start, end, group_by=tuple(each), where=dict(match))
+        rows = self._rollups().rollups(start, end, group_by=tuple(each), where=dict(match))
         out: dict[tuple[str | None, ...], Decimal] = {}
         for row in rows:
             key = tuple(row.group.get(name) for name in each)

@@ -183,3 +183,20 @@ def test_redis_releases_the_reservation_of_a_dead_process(redis_url: str, prefix
     crashed.close()
     held.close()
     assert alive.usage(alive.budgets[0]) == (Decimal("0.3"), Decimal(0))
+
+
+def test_a_store_that_does_not_exist_yet_is_read_once_it_does(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "ownership.db"
+    source = StoreSpend.open(f"sqlite:///{path}")
+    budgets = Budgets([team_budget()], MemoryCounters(), source=source, refresh=0.001)
+    with caplog.at_level(logging.WARNING, "ownership_ctx.budgets"):
+        budgets.refresh_now()  # no store yet: logged, served, tried again later
+        budgets.refresh_now()
+    assert len([r for r in caplog.records if "rebuilding" in r.getMessage()]) == 1
+    assert budgets.check(envelope(), "edge") is None
+    _store_with_spend(path, Decimal("1.50")).close()
+    budgets.refresh_now()
+    assert budgets.usage(budgets.budgets[0]) == (Decimal("1.5"), Decimal(0))
+    source.close()
