@@ -47,6 +47,7 @@ class BudgetStatus:
 class BudgetReport:
     at: float
     rows: list[BudgetStatus]
+    budgets: tuple[Budget, ...] = ()  # every budget asked about, with rows or not
 
     @property
     def over(self) -> list[BudgetStatus]:
@@ -97,4 +98,4 @@ def budget_status(budgets: Sequence[Budget], store: Rollups, at: float) -> Budge
                     sorted(hours.items()),
                 )
             )
-    return BudgetReport(at, rows)
+    return BudgetReport(at, rows, tuple(budgets))

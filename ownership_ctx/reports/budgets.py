@@ -14,9 +14,10 @@ __all__ = ["budgets_document"]
 def budgets_document(report: BudgetReport) -> Document:
     at = datetime.fromtimestamp(report.at, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     over = report.over
+    budgets, owners = len(report.budgets), len(report.rows)
     headline = [
-        f"{len({r.budget.name for r in report.rows})} budgets, {len(report.rows)} owners;"
-        f" {len(over)} over their hard limit"
+        f"{budgets} budget{'s' * (budgets != 1)}, {owners} owner{'s' * (owners != 1)};"
+        f" {len(over)} over the hard limit"
     ]
     headline += [f"  over: {r.budget.name} ({r.owner_text})" for r in over]
     columns = [
@@ -42,7 +43,12 @@ def budgets_document(report: BudgetReport) -> Document:
         }
         for r in report.rows
     ]
-    notes = []
+    shown = {r.budget.name for r in report.rows}
+    notes = [
+        f"{b.name}: no owner has spend this period (split by {', '.join(b.each)})"
+        for b in report.budgets
+        if b.each and b.name not in shown
+    ]
     if any(r.budget.each for r in report.rows):
         notes.append("budgets split by owner list only the owners with spend this period")
     return Document(

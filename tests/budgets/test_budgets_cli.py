@@ -142,3 +142,24 @@ def test_the_html_report_draws_the_burn_down(
     monkeypatch.delenv("OWNERSHIP_CTX_BUDGETS")
     run("report", "--db", store, "--html", str(page), "--since", "2026-11-01")
     assert "Budgets" not in page.read_text()  # budgets off: the report is unchanged
+
+
+def test_a_split_budget_without_spend_is_named_in_a_note(store: str, tmp_path: Path) -> None:
+    config = tmp_path / "budgets.toml"
+    config.write_text(
+        '[[budget]]\nname = "per-tenant"\nteam = "support"\neach = ["tenant"]\nlimit = 1\n'
+    )
+    code, text = run(
+        "budgets",
+        "--db",
+        store,
+        "--config",
+        str(config),
+        "--at",
+        "2026-11-18T12:00",
+        "--format",
+        "json",
+    )
+    document = json.loads(text)
+    assert code == 0 and document["budgets"] == []
+    assert document["notes"] == ["per-tenant: no owner has spend this period (split by tenant)"]
