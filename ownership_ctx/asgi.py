@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
 from . import events
+from .budgets import state as budget_state
+from .budgets.model import Refusal
 from .gate import PROBLEM_CONTENT_TYPE, Entry, Gate
 from .hashing import ConfigurationError, Keys
 from .policy import Policy
@@ -87,6 +89,10 @@ class OwnershipMiddleware:
     carries the trace id), then the exception goes on to the server. (Starlette's own 500 handler
     runs but its response is not sent, and debug mode keeps its traceback page; to keep a custom
     500 page, wrap the whole app instead: ``app = OwnershipMiddleware(app, ...)``.)
+
+    With budgets installed (`ownership_ctx.budgets.install`), a request whose owner is over a
+    hard limit gets ``429`` (``application/problem+json`` naming the budget, ``Retry-After``
+    at its period's end) and the application is not called.
 
     Units are named without the data paths carry: the hop event and admission logs use the
     path with identifier-like segments redacted (`ownership_ctx.units.redact_path`: nothing is
@@ -167,9 +173,16 @@ class OwnershipMiddleware:
         scope[SCOPE_KEY] = entry
         started = time.perf_counter() if events.get_sink() is not None else 0.0
         responder = _Responder(send, self._trace_header, entry.trace_id)
+        # Budgets (ownership_ctx.budgets.install): a cached check; nothing when none installed.
+        budgets = budget_state.active
+        refusal = None
+        if budgets is not None and entry.envelope is not None:
+            refusal = budgets.check(entry.envelope, "edge")
         try:
             if entry.envelope is None:
                 await self._reject(scope, receive, responder.send, entry)
+            elif refusal is not None:
+                await self._over_budget(scope, receive, responder.send, entry, refusal)
             else:
                 await self.app(scope, receive, responder.send)
         except Exception:
@@ -214,20 +227,48 @@ class OwnershipMiddleware:
             (b"content-length", str(len(body)).encode()),
         ]
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send, entry: Entry) -> None:
-        body = entry.problem_body()
+    async def _reject(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        entry: Entry,
+        *,
+        status: int = 400,
+        body: bytes | None = None,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+        reason: str = "ownership rejected",
+    ) -> None:
+        body = entry.problem_body() if body is None else body
         if scope["type"] == "http":
-            start = {"type": "http.response.start", "status": 400}
-            await send({**start, "headers": self._headers(body)})
+            start = {"type": "http.response.start", "status": status}
+            await send({**start, "headers": [*self._headers(body), *headers]})
             await send({"type": "http.response.body", "body": body})
             return
         await receive()  # websocket.connect
         if "websocket.http.response" in scope.get("extensions", {}):
-            start = {"type": "websocket.http.response.start", "status": 400}
-            await send({**start, "headers": self._headers(body)})
+            start = {"type": "websocket.http.response.start", "status": status}
+            await send({**start, "headers": [*self._headers(body), *headers]})
             await send({"type": "websocket.http.response.body", "body": body})
         else:
-            await send({"type": "websocket.close", "code": 1008, "reason": "ownership rejected"})
+            await send({"type": "websocket.close", "code": 1008, "reason": reason})
+
+    async def _over_budget(
+        self, scope: Scope, receive: Receive, send: Send, entry: Entry, refusal: Refusal
+    ) -> None:
+        """429 with the budget named and ``Retry-After`` at its period's end (no amounts)."""
+        retry = refusal.retry_after(time.time()).encode()
+        body = refusal.problem_body(entry.trace_id)
+        await self._reject(
+            scope,
+            receive,
+            send,
+            entry,
+            status=429,
+            body=body,
+            headers=((b"retry-after", retry),),
+            reason="budget exceeded",
+        )
 
 
 def _add_header(carrier: dict[str, str], key: str, value: bytes) -> None:

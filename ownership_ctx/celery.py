@@ -29,6 +29,10 @@ Celery logs after postrun.) A refused unit never enters the tracer: the body doe
 Celery handles the refusal like a task that raised ``Reject(requeue=False)``: result FAILURE,
 ``link_error`` errbacks, message rejected (dead-lettered where the broker is set up for it).
 
+Budgets (`ownership_ctx.budgets.install`): a publish for an owner over a hard limit raises
+`BudgetExceeded` before anything is sent, and a worker refuses such a task like a rejected one
+(``TaskRefused``, never retried; ``observe`` mode only counts).
+
 Eager mode (``task_always_eager``, ``Task.apply``) has no message: the caller's envelope goes
 through the same inject -> enter round trip, so an eager task sees exactly the caller's envelope
 and is held to the same policy as on a worker.
@@ -43,6 +47,8 @@ from collections.abc import Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Final
 
 from . import events
+from .budgets import state as budget_state
+from .budgets.model import BudgetExceeded
 from .codec import QUEUE_HEADER, TRACEPARENT_HEADER, decode_header
 from .context import bind, current
 from .envelope import Envelope
@@ -170,6 +176,11 @@ class CeleryHooks:
             try:
                 if entry.envelope is None:
                     return _refuse(entry, name, uuid, raises)
+                budgets = budget_state.active  # ownership_ctx.budgets.install; else None
+                if budgets is not None:
+                    refusal = budgets.check(entry.envelope, "queue")
+                    if refusal is not None:
+                        return _refuse(entry, name, uuid, raises, refusal.detail())
                 return tracer(uuid, args, kwargs, request)
             finally:
                 entry.close()
@@ -213,11 +224,16 @@ def _carrier(name: str, request: Mapping[str, Any] | None) -> dict[str, str]:
     return carrier
 
 
-def _refuse(entry: Entry, name: str, uuid: str, raises: bool) -> Any:
+def _refuse(
+    entry: Entry, name: str, uuid: str, raises: bool, over_budget: str | None = None
+) -> Any:
     from celery import states
     from celery.app.trace import ExceptionInfo, TraceInfo, trace_ok_t
 
-    reason = "ownership envelope rejected: " + ("; ".join(entry.reasons()) or "none received")
+    if over_budget is not None:
+        reason = "over budget: " + over_budget
+    else:
+        reason = "ownership envelope rejected: " + ("; ".join(entry.reasons()) or "none received")
     logger.error(
         "Task %s[%s] refused, its body did not run: %s",
         name,
@@ -234,6 +250,27 @@ def _refuse(entry: Entry, name: str, uuid: str, raises: bool) -> Any:
         einfo = ExceptionInfo(internal=True)
     # What the tracer returns for a failed task: the worker then treats it as Reject(requeue=False).
     return trace_ok_t(einfo, TraceInfo(states.FAILURE, exc), 0.0, None)
+
+
+def _guard_publish(app: Any) -> None:
+    """Budgets: ``app.send_task`` (every publish: ``delay``, ``apply_async``, canvases,
+    ``retry``) raises `BudgetExceeded` for an owner over a hard limit, before anything is
+    sent. (``before_task_publish`` cannot refuse: Celery logs and swallows its errors.)"""
+    send_task = app.send_task
+    if getattr(send_task, "_ownership_ctx", False):
+        return
+
+    def guarded_send_task(*args: Any, **kwargs: Any) -> Any:
+        budgets = budget_state.active
+        if budgets is not None:
+            envelope = current()
+            refusal = budgets.check(envelope, "queue") if envelope is not None else None
+            if refusal is not None:
+                raise BudgetExceeded(refusal)
+        return send_task(*args, **kwargs)
+
+    guarded_send_task._ownership_ctx = True  # type: ignore[attr-defined]
+    app.send_task = guarded_send_task
 
 
 def _hooks_for_task(task: Any) -> CeleryHooks | None:
@@ -362,6 +399,7 @@ def install(app: Celery, *, policy: Policy | None = None, keys: Keys | None = No
     with _lock:
         _patch_build_tracer()
         _patch_worker_request()
+        _guard_publish(app)
         hooks = _hooks.pop(app, None)
         if hooks is None:
             hooks = CeleryHooks(app, gate)

@@ -39,7 +39,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
-from typing import IO, Final
+from typing import IO, Any, Final
 
 from ownership_ctx import __version__, demo
 from ownership_ctx.exit_codes import EXIT_BREACHED, EXIT_OK, EXIT_USAGE
@@ -429,6 +429,44 @@ def _fake_provider(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
+def _budgets_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the budget file (TOML; default $OWNERSHIP_CTX_BUDGETS)",
+    )
+    p.add_argument("--at", help="when: 2026-01-05, 2026-01-05T10:00 (default now)")
+
+
+def _budget_file(args: argparse.Namespace) -> object:
+    from ownership_ctx.budgets import BudgetConfigError, load
+    from ownership_ctx.budgets.html import BUDGETS_ENV
+
+    path = args.config or os.environ.get(BUDGETS_ENV)
+    if not path:
+        raise UsageError(f"no budget file: give --config FILE or set {BUDGETS_ENV}")
+    try:
+        return load(path)
+    except BudgetConfigError as e:
+        raise UsageError(str(e)) from None
+
+
+def _check_budgets(args: argparse.Namespace) -> None:
+    _budget_file(args)  # a bad file fails before the store is opened
+
+
+def _budgets(args: argparse.Namespace, ctx: Context) -> int:
+    from ownership_ctx.budgets.report import budget_status
+    from ownership_ctx.reports.budgets import budgets_document
+
+    config: Any = _budget_file(args)
+    at = parse_range(None, args.at).end if args.at else time.time()
+    ctx.progress("reading rollups")
+    report = budget_status(config.budgets, ctx.store(), at)
+    ctx.emit(budgets_document(report))
+    return EXIT_BREACHED if report.over else EXIT_OK
+
+
 def _check_chargeback(args: argparse.Namespace) -> None:
     if args.output:
         check_output_path(args.output)
@@ -487,6 +525,14 @@ for _command in (
         _reconcile_args,
         _reconcile,
         store=False,  # imports write the bill tables; the report opens them read-only
+    ),
+    Command(
+        "budgets",
+        "each budget's spend, share used and forecast; exit 1 when one is over",
+        _budgets_args,
+        _budgets,
+        ranged=False,  # each budget's own period
+        check=_check_budgets,
     ),
     Command(
         "report",

@@ -11,6 +11,10 @@ In the worker the envelope is admitted through the policy, bound for the message
 callbacks, retry logging, child messages) and reset when the message is done, failed or
 skipped. A message the policy rejects (``enforce``) is skipped and dead-lettered.
 
+Budgets (`ownership_ctx.budgets.install`): an enqueue for an owner over a hard limit raises
+`BudgetRefused` (a `BudgetExceeded`) to the caller, and a worker skips and dead-letters such
+a message instead of running it.
+
 The middleware moves itself to the front of ``broker.middleware``: before-hooks run in list
 order and after-hooks in reverse, so only there does the envelope stay bound while Retries,
 Pipelines, Callbacks and GroupCallbacks log and enqueue their follow-up messages.
@@ -26,16 +30,18 @@ from typing import Any
 import dramatiq
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.message import Message
-from dramatiq.middleware import SkipMessage
+from dramatiq.middleware import MiddlewareError, SkipMessage
 
 from . import events
+from .budgets import state as budget_state
+from .budgets.model import BudgetExceeded
 from .codec import QUEUE_HEADER
 from .context import current
 from .gate import Entry, Gate
 from .hashing import Keys
 from .policy import Policy
 
-__all__ = ["HOP", "QUEUE_HEADER", "OwnershipMiddleware"]
+__all__ = ["HOP", "QUEUE_HEADER", "BudgetRefused", "OwnershipMiddleware"]
 
 #: The hop name in hop events and counters.
 HOP = "dramatiq"
@@ -43,6 +49,11 @@ HOP = "dramatiq"
 logger = logging.getLogger("ownership_ctx.dramatiq")
 
 _NO_CARRIER: dict[str, str] = {}
+
+
+class BudgetRefused(MiddlewareError, BudgetExceeded):
+    """An enqueue refused for an owner over a hard limit (Dramatiq lets only a
+    ``MiddlewareError`` out of an enqueue hook; catch it as `BudgetExceeded`)."""
 
 
 class OwnershipMiddleware(dramatiq.Middleware):
@@ -100,6 +111,12 @@ class OwnershipMiddleware(dramatiq.Middleware):
     # -- enqueue ---------------------------------------------------------------------------
 
     def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
+        budgets = budget_state.active  # ownership_ctx.budgets.install; else None
+        if budgets is not None:
+            envelope = current()
+            refusal = budgets.check(envelope, "queue") if envelope is not None else None
+            if refusal is not None:
+                raise BudgetRefused(refusal)
         options = message.options
         if getattr(self._local, "written", None) is message:
             # Our header from an enqueue that failed before after_enqueue (a broker error):
@@ -163,6 +180,19 @@ class OwnershipMiddleware(dramatiq.Middleware):
             )
             message.fail()
             raise SkipMessage("ownership envelope rejected")
+        budgets = budget_state.active
+        refusal = budgets.check(entry.envelope, "queue") if budgets and entry.envelope else None
+        if refusal is not None:
+            logger.warning(
+                "ownership_ctx: skipping message %s for actor %r: over budget (%s); it goes to"
+                " the dead-letter queue",
+                message.message_id,
+                message.actor_name,
+                refusal.detail(),
+                extra={"ownership_budget": refusal.budget, "ownership_hop": HOP},
+            )
+            message.fail()
+            raise SkipMessage("over budget")
 
     def after_process_message(
         self,

@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from . import events
+from .budgets import state as budget_state
 from .gate import PROBLEM_CONTENT_TYPE, Entry, Gate
 from .hashing import Keys
 from .policy import Policy
@@ -53,7 +54,9 @@ def _environ_key(header: str) -> str:
 class OwnershipWSGIMiddleware:
     """Admit each request through the policy; bind its envelope until the response is done.
 
-    Rejected requests get ``400`` with an ``application/problem+json`` body. ``trace_header``
+    Rejected requests get ``400`` with an ``application/problem+json`` body; with budgets
+    installed (`ownership_ctx.budgets.install`), an owner over a hard limit gets ``429``
+    naming the budget, with ``Retry-After`` at its period's end. ``trace_header``
     (default ``x-trace-id``; ``None`` to disable) echoes the trace id on every response.
 
     Units are named without the data paths carry: the hop event and admission logs use the
@@ -125,6 +128,25 @@ class OwnershipWSGIMiddleware:
                 recorder.status = 400
                 recorder.finish()
             return [body]
+        # Budgets (ownership_ctx.budgets.install): a cached check; nothing when none installed.
+        budgets = budget_state.active
+        if budgets is not None:
+            refusal = budgets.check(entry.envelope, "edge")
+            if refusal is not None:
+                body = refusal.problem_body(entry.trace_id)
+                start_response(
+                    "429 Too Many Requests",
+                    [
+                        ("Content-Type", PROBLEM_CONTENT_TYPE),
+                        ("Content-Length", str(len(body))),
+                        ("Retry-After", refusal.retry_after(time.time())),
+                        *trace,
+                    ],
+                )
+                if recorder is not None:
+                    recorder.status = 429
+                    recorder.finish()
+                return [body]
 
         def start_with_trace(
             status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None, /

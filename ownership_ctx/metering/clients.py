@@ -18,6 +18,7 @@ import functools
 import importlib
 from typing import Any, TypeVar
 
+from . import recorder
 from .pricing import warn_if_no_price_library
 from .recorder import failed, open_scope, scoped
 
@@ -111,16 +112,34 @@ def _stainless(client: Any, provider: str) -> None:
 
         @functools.wraps(original)
         async def arequest(cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
-            with scoped(_scope_for(options)):
-                return await original(cast_to, options, *args, **kwargs)
+            scope = _scope_for(options)
+            if recorder.budget_hook is None:
+                with scoped(scope):
+                    return await original(cast_to, options, *args, **kwargs)
+            _reserve(scope, provider, options)  # budgets: may refuse before anything is sent
+            try:
+                with scoped(scope):
+                    return await original(cast_to, options, *args, **kwargs)
+            except BaseException:
+                recorder.budget_hook.failed(scope)
+                raise
 
         client.request = arequest
     else:
 
         @functools.wraps(original)
         def request(cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
-            with scoped(_scope_for(options)):
-                return original(cast_to, options, *args, **kwargs)
+            scope = _scope_for(options)
+            if recorder.budget_hook is None:
+                with scoped(scope):
+                    return original(cast_to, options, *args, **kwargs)
+            _reserve(scope, provider, options)  # budgets: may refuse before anything is sent
+            try:
+                with scoped(scope):
+                    return original(cast_to, options, *args, **kwargs)
+            except BaseException:
+                recorder.budget_hook.failed(scope)
+                raise
 
         client.request = request
     copy = client.copy
@@ -131,6 +150,20 @@ def _stainless(client: Any, provider: str) -> None:
 
     client.copy = client.with_options = instrumented_copy
     setattr(client, _MARK, True)
+
+
+def _reserve(scope: Any, provider: str, options: Any) -> None:
+    """Budgets' reservation for one SDK call: raises only a refusal (`BudgetExceeded`)."""
+    hook = recorder.budget_hook
+    if hook is not None:
+        hook.reserve(scope, provider, getattr(options, "json_data", None))
+
+
+def _reserve_gemini(scope: Any, provider: str, args: Any, kwargs: Any) -> None:
+    """Budgets' reservation for one Gemini call (its ``HttpRequest``, first argument)."""
+    hook = recorder.budget_hook
+    if hook is not None:
+        hook.reserve(scope, provider, args[0] if args else kwargs.get("http_request"))
 
 
 def _scope_for(options: Any) -> Any:
@@ -161,8 +194,17 @@ def _gemini(client: Any, provider: str) -> None:
 
         @functools.wraps(request)
         def scoped_request(*args: Any, **kwargs: Any) -> Any:
-            with scoped(open_scope()):
-                return request(*args, **kwargs)
+            scope = open_scope()
+            if recorder.budget_hook is None:
+                with scoped(scope):
+                    return request(*args, **kwargs)
+            _reserve_gemini(scope, provider, args, kwargs)  # budgets: may refuse
+            try:
+                with scoped(scope):
+                    return request(*args, **kwargs)
+            except BaseException:
+                recorder.budget_hook.failed(scope)
+                raise
 
         api._request = scoped_request
     arequest = getattr(api, "_async_request", None)
@@ -170,8 +212,17 @@ def _gemini(client: Any, provider: str) -> None:
 
         @functools.wraps(arequest)
         async def scoped_arequest(*args: Any, **kwargs: Any) -> Any:
-            with scoped(open_scope()):
-                return await arequest(*args, **kwargs)
+            scope = open_scope()
+            if recorder.budget_hook is None:
+                with scoped(scope):
+                    return await arequest(*args, **kwargs)
+            _reserve_gemini(scope, provider, args, kwargs)  # budgets: may refuse
+            try:
+                with scoped(scope):
+                    return await arequest(*args, **kwargs)
+            except BaseException:
+                recorder.budget_hook.failed(scope)
+                raise
 
         api._async_request = scoped_arequest
     setattr(api, _MARK, True)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from .. import events
 from ..context import current
@@ -41,6 +41,7 @@ __all__ = [
     "open_scope",
     "record_cache_hit",
     "record_call",
+    "set_budget_hook",
 ]
 
 logger = logging.getLogger("ownership_ctx.metering")
@@ -94,6 +95,7 @@ class CallScope:
     fallback_of: str | None = None
     fallback_of_call_id: str | None = None
     attempts: int = 0
+    budget: Any = None  # the call's budget reservation, when budgets are installed
 
     def next_attempt(self) -> int:
         self.attempts += 1
@@ -136,6 +138,36 @@ def fallback(of: str, *, call_id: str | None = None) -> Iterator[None]:
         yield
     finally:
         _fallback.reset(token)
+
+
+# -- budgets (ownership_ctx.budgets installs this hook; None: budgets off) -----------------
+
+
+class BudgetHook(Protocol):
+    def reserve(self, scope: CallScope, provider: str, body: object) -> None: ...
+
+    def finished(
+        self, scope: CallScope | None, envelope: Envelope | None, event: Mapping[str, Any]
+    ) -> None: ...
+
+    def failed(self, scope: CallScope) -> None: ...
+
+
+budget_hook: BudgetHook | None = None
+
+
+def set_budget_hook(hook: BudgetHook | None) -> BudgetHook | None:
+    """Called by `ownership_ctx.budgets.install`. Returns the previous hook."""
+    global budget_hook
+    previous, budget_hook = budget_hook, hook
+    return previous
+
+
+def _budget_finished(scope: CallScope | None, envelope: Envelope | None, event: Any) -> None:
+    try:
+        budget_hook.finished(scope, envelope, event)  # type: ignore[union-attr]
+    except Exception:
+        failed("settling a budget")
 
 
 class Attempt:
@@ -191,7 +223,7 @@ class Attempt:
                 # Gemini's usage exports know its responseId, not any HTTP header.
                 provider_request_id = parsed.response_id
             events.emit(
-                build_event(
+                event := build_event(
                     envelope=scope.envelope,
                     call_id=scope.call_id,
                     attempt=self.number,
@@ -212,6 +244,8 @@ class Attempt:
                     billing=self.billing,
                 )
             )
+            if budget_hook is not None:
+                _budget_finished(scope, scope.envelope, event)
         except Exception:
             failed("finishing an attempt")
 
@@ -351,8 +385,9 @@ def _manual(
     scope = _scope.get()
     if fallback_of is None and mark is not None:
         fallback_of, fallback_of_call_id = mark
+    envelope = current()
     event = build_event(
-        envelope=current(),
+        envelope=envelope,
         call_id=call_id or (scope.call_id if scope is not None else new_id()),
         attempt=attempt,
         provider=provider,
@@ -373,6 +408,8 @@ def _manual(
         app_cache_hit=app_cache_hit,
     )
     events.emit(event)
+    if budget_hook is not None and not app_cache_hit:
+        _budget_finished(None, envelope, event)
     return dict(event)  # a copy: the sink's writer thread may still be encoding the original
 
 

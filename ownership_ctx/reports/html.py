@@ -18,6 +18,7 @@ from typing import Final
 
 from ownership_ctx.store.api import EventQueries
 
+from ..budgets.html import burndown_section
 from .chargeback import Chargeback, chargeback
 from .coverage import Coverage, coverage
 from .rendering import money_text
@@ -51,6 +52,7 @@ class HtmlReport:
     coverage: Coverage
     top: list[TraceReport]
     threshold: Decimal
+    budgets: str = ""  # budget burn-down section (ownership_ctx.budgets.html), HTML
 
 
 def top_requests(
@@ -92,7 +94,8 @@ def build_report(
         traces.append(build(trace_id, source.events_by_trace(trace_id)))
     order = [*named[:_MAX_TEAMS], "other", "(unattributed)"]
     ordered = {k: dict(spend[k]) for k in order if k in spend}
-    return HtmlReport(time_range, days, ordered, by_team, cov, traces, threshold)
+    budgets = burndown_section(source)  # budgets hook: "" unless $OWNERSHIP_CTX_BUDGETS
+    return HtmlReport(time_range, days, ordered, by_team, cov, traces, threshold, budgets)
 
 
 def _e(value: object) -> str:
@@ -342,6 +345,7 @@ def render_html(report: HtmlReport) -> str:
         f"<h2>Where ownership was lost</h2>{hops}"
         f"<h2>Chargeback by team</h2>{teams}{_notes(report.by_team.notes)}"
         f"<h2>Most expensive requests</h2>{_top_section(report)}"
+        f"{report.budgets}"
     )
     csp = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
     return (
