@@ -22,7 +22,7 @@ from typing import Any, Final
 from .normalize import Parsed, parse_json
 from .recorder import Attempt, CallScope, failed, open_scope
 
-__all__ = ["MeteredEventStream", "instrument_bedrock"]
+__all__ = ["MeteredEventStream", "instrument_bedrock", "uninstrument_bedrock"]
 
 _SCOPE: Final = "ownership_ctx.metering.scope"
 _ATTEMPT: Final = "ownership_ctx.metering.attempt"
@@ -41,7 +41,20 @@ def instrument_bedrock(client: Any, provider: str = "aws.bedrock") -> None:
         events.register(f"before-parameter-build.bedrock-runtime.{op}", hooks.before_call)
         events.register(f"request-created.bedrock-runtime.{op}", hooks.request_created)
         events.register(f"response-received.bedrock-runtime.{op}", hooks.response_received)
-    setattr(client.meta, _MARK, True)
+    setattr(client.meta, _MARK, hooks)
+
+
+def uninstrument_bedrock(client: Any) -> None:
+    """Remove the hooks `instrument_bedrock` registered (no-op when there are none)."""
+    hooks = getattr(client.meta, _MARK, None)
+    if not isinstance(hooks, _Hooks):
+        return
+    events = client.meta.events
+    for op in _OPS:
+        events.unregister(f"before-parameter-build.bedrock-runtime.{op}", hooks.before_call)
+        events.unregister(f"request-created.bedrock-runtime.{op}", hooks.request_created)
+        events.unregister(f"response-received.bedrock-runtime.{op}", hooks.response_received)
+    delattr(client.meta, _MARK)
 
 
 class _Hooks:

@@ -22,7 +22,7 @@ from typing import Any, Final
 from .recorder import Attempt, current_scope, failed, open_scope
 from .tap import BodyTap
 
-__all__ = ["classes_for", "endpoint"]
+__all__ = ["classes_for", "endpoint", "wrapper_classes"]
 
 _REQUEST_IDS: Final = ("x-request-id", "request-id", "x-amzn-requestid", "x-goog-request-id")
 _MODEL_IN_BODY = re.compile(rb'"model"\s*:\s*"([^"\\]{1,128})"')
@@ -98,6 +98,11 @@ def _tap(attempt: Attempt, response: Any, module: Any) -> BodyTap:
         request_id=request_id[:128] if request_id else None,
         module=module,
     )
+
+
+def wrapper_classes() -> list[type[Any]]:
+    """Every transport wrapper class built so far (to recognize and unwrap them)."""
+    return [cls for pair in _classes.values() for cls in pair]
 
 
 def classes_for(module: Any) -> tuple[type[Any], type[Any]]:
