@@ -19,6 +19,7 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
+from .handoff import claim
 from .normalize import Parsed, parse_json
 from .recorder import Attempt, CallScope, failed, open_scope
 
@@ -74,6 +75,7 @@ class _Hooks:
             scope: CallScope | None = context.get(_SCOPE)
             if scope is None:
                 scope = context[_SCOPE] = open_scope()
+            claim()  # a library callback (LiteLLM) watching this attempt leaves it to us
             attempt = Attempt(scope, scope.next_attempt(), self.provider, "converse", "botocore")
             attempt.streaming = operation_name == "ConverseStream"
             context[_ATTEMPT] = attempt

@@ -19,6 +19,7 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final
 
+from .handoff import claim
 from .recorder import Attempt, current_scope, failed, open_scope
 from .tap import BodyTap
 
@@ -74,6 +75,7 @@ def _start(request: Any, provider: str) -> Attempt | None:
             scope.attempts = int(retries) if retries.isdigit() else 0
         if scope.request_model is None:
             scope.request_model = _request_model(request, api, path)
+        claim()  # a library callback (LiteLLM) watching this attempt leaves it to us
         return Attempt(scope, scope.next_attempt(), provider, api, "httpx")
     except Exception:
         failed("starting an attempt")
