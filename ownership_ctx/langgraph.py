@@ -91,10 +91,13 @@ def install(
 ) -> None:
     """Instrument every LangGraph graph run in the process (idempotent: a second call only
     replaces the settings). ``policy`` / ``keys`` admit stored envelopes on resume (default:
-    ``Policy()`` and keys from the environment); ``hops=False`` records no node hops."""
+    observe, ``Policy(mode="quarantine")``: a stored envelope missing required fields is kept
+    and marked quarantined, never dropped; keys from the environment); ``hops=False`` records
+    no node hops."""
     global _settings
     with _lock:
-        _settings = _Settings(Gate(policy, keys), override, hops)
+        gate = Gate(policy if policy is not None else Policy(mode="quarantine"), keys)
+        _settings = _Settings(gate, override, hops)
         Pregel.stream = _stream  # type: ignore[method-assign]
         Pregel.astream = _astream  # type: ignore[method-assign]
 
