@@ -8,7 +8,6 @@ from __future__ import annotations
 import gc
 import os
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -17,8 +16,6 @@ from ownership_ctx.sinks import MemorySink
 from ownership_ctx.testing.fake_providers import FakeProviders
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-
-TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +50,3 @@ def auto() -> Iterator[None]:
         yield
     finally:
         metering.uninstrument_all()
-
-
-def calls(sink: MemorySink) -> list[dict[str, Any]]:
-    return sink.of_kind("provider_call")

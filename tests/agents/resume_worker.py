@@ -22,8 +22,7 @@ from langgraph.types import Command
 from ownership_ctx import Envelope, bind, events, metering
 from ownership_ctx import langgraph as oc_langgraph
 from ownership_ctx.sinks import MemorySink
-
-from . import graphs
+from tests.agents import graphs
 
 
 def resume(graph: Any, thread_id: str, resumer: Envelope, asynchronous: bool) -> None:

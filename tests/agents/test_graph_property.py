@@ -33,9 +33,8 @@ from ownership_ctx import Envelope, bind, metering
 from ownership_ctx import langgraph as oc_langgraph
 from ownership_ctx.sinks import MemorySink
 from ownership_ctx.testing.fake_providers import FakeProviders
-
-from . import graphs
-from .conftest import calls
+from tests.agents import graphs
+from tests.agents.support import calls
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = int(os.environ.get("OC_AGENTS_EXAMPLES", "8"))

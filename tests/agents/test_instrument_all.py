@@ -17,8 +17,7 @@ from google.genai import types
 from ownership_ctx import Envelope, bind, metering
 from ownership_ctx.sinks import MemorySink
 from ownership_ctx.testing.fake_providers import FakeProviders
-
-from .conftest import TRACE, calls
+from tests.agents.support import TRACE, calls
 
 BEDROCK_MODEL = "global.anthropic.claude-haiku-4-5-20251001-v1:0"
 HI = [{"role": "user", "content": "hi"}]

@@ -18,8 +18,7 @@ from ownership_ctx import Envelope, bind
 from ownership_ctx import langgraph as oc_langgraph
 from ownership_ctx.sinks import MemorySink
 from ownership_ctx.testing.fake_providers import FakeProviders
-
-from .conftest import calls
+from tests.agents.support import calls
 
 
 class State(TypedDict, total=False):

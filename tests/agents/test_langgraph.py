@@ -21,9 +21,8 @@ from ownership_ctx import Envelope, bind, current
 from ownership_ctx import langgraph as oc_langgraph
 from ownership_ctx.reports.tracing import first_loss, steps_from_events
 from ownership_ctx.sinks import MemorySink
-
-from . import graphs
-from .conftest import TRACE
+from tests.agents import graphs
+from tests.agents.support import TRACE
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,8 +18,7 @@ from ownership_ctx import Envelope, bind, metering
 from ownership_ctx import litellm as oc_litellm
 from ownership_ctx.sinks import MemorySink
 from ownership_ctx.testing.fake_providers import FakeProviders
-
-from .conftest import TRACE, calls
+from tests.agents.support import TRACE, calls
 
 HI = [{"role": "user", "content": "hi"}]
 SEARCH = Envelope(trace_id=TRACE, owner_team="search", workflow_id="answer", feature="qa")
