@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -60,6 +61,8 @@ METADATA_KEY: Final = "ownership_envelope"
 NODE_HOP: Final = "langgraph_node"
 RESUME_HOP: Final = "langgraph_resume"
 _OWNERSHIP: Final = ("owner_team", "workflow_id", "feature", "tenant", "user")
+
+logger = logging.getLogger("ownership_ctx")
 
 #: ``override(resumer, stored)``: may the resumer's envelope replace the stored one?
 Override = Callable[[Envelope, Envelope], bool]
@@ -139,7 +142,6 @@ class _Run:
             self.entry = settings.gate.enter(
                 {QUEUE_HEADER: stored}, hop=RESUME_HOP, unit=self.name, header=QUEUE_HEADER
             )
-        _active.set(True)
         envelope = current()
         extra: dict[str, Any] = {}
         if envelope is not None:
@@ -192,8 +194,12 @@ def _stream(self: Any, input: Any, config: Any = None, **kwargs: Any) -> Iterato
         yield from original(self, input, config, **kwargs)
         return
     context = contextvars.copy_context()
+    context.run(_active.set, True)
     run = _Run(settings, self, config)
-    context.run(run.start, input, context.run(_stored, self, config))
+    try:
+        context.run(run.start, input, context.run(_stored, self, config))
+    except Exception:  # never fail the graph for ownership: it runs as it would without us
+        _failed(run)
     chunks = context.run(original, self, input, run.config, **kwargs)
     try:
         while True:
@@ -217,8 +223,12 @@ async def _astream(self: Any, input: Any, config: Any = None, **kwargs: Any) -> 
     if sys.version_info >= (3, 11):
         # Each step runs as a task in the run's own context (bound there, never here).
         context = contextvars.copy_context()
-        stored = await asyncio.create_task(_astored(self, config), context=context)
-        context.run(run.start, input, stored)
+        context.run(_active.set, True)
+        try:
+            stored = await asyncio.create_task(_astored(self, config), context=context)
+            context.run(run.start, input, stored)
+        except Exception:
+            _failed(run)
         chunks = context.run(original, self, input, run.config, **kwargs)
         try:
             while True:
@@ -232,14 +242,22 @@ async def _astream(self: Any, input: Any, config: Any = None, **kwargs: Any) -> 
             context.run(run.end)
     else:  # pragma: no cover - Python 3.10: bound in the caller's context for the run
         with bind(current()):
-            run.start(input, await _astored(self, config))
             token = _active.set(True)
+            try:
+                run.start(input, await _astored(self, config))
+            except Exception:
+                _failed(run)
             try:
                 async for chunk in original(self, input, run.config, **kwargs):
                     yield chunk
             finally:
                 _active.reset(token)
                 run.end()
+
+
+def _failed(run: _Run) -> None:
+    events.count("langgraph_errors")
+    logger.warning("ownership_ctx: LangGraph run %r not instrumented", run.name, exc_info=True)
 
 
 async def _anext(chunks: Any) -> Any:
