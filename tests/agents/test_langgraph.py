@@ -241,3 +241,35 @@ def test_uninstall_puts_langgraph_back(sink: MemorySink) -> None:
         graph.invoke(start("run"), thread("t-off"))
     assert sink.of_kind("hop") == []
     assert graph.get_state(thread("t-off")).metadata.get(oc_langgraph.METADATA_KEY) is None
+
+
+def test_with_signing_keys_an_altered_checkpoint_owner_is_not_believed(sink: MemorySink) -> None:
+    from ownership_ctx import Keys, Policy
+
+    keys = Keys(signing_keys=(b"a-signing-key-of-enough-length-32b",))
+    oc_langgraph.install(policy=Policy(mode="quarantine", trust="signed"), keys=keys)
+    saver = InMemorySaver()
+    graph = graphs.everything(saver)
+    with bind(owner("search")):
+        graph.invoke(start("run"), thread("t-signed"))
+    stored = graph.get_state(thread("t-signed")).metadata[oc_langgraph.METADATA_KEY]
+    assert "ownership.sig=" in stored
+    # Somebody with write access to the checkpoint store changes the owner.
+    forged_count = 0
+    for checkpoints in saver.storage["t-signed"].values():
+        for cid, (checkpoint, metadata, parent) in list(checkpoints.items()):
+            meta = saver.serde.loads_typed(metadata)
+            if oc_langgraph.METADATA_KEY in meta:
+                forged = meta[oc_langgraph.METADATA_KEY].replace("=search", "=finance")
+                meta[oc_langgraph.METADATA_KEY] = forged
+                checkpoints[cid] = (checkpoint, saver.serde.dumps_typed(meta), parent)
+                forged_count += 1
+    assert (
+        forged_count
+        and "=finance" in graph.get_state(thread("t-signed")).metadata[oc_langgraph.METADATA_KEY]
+    )
+    graph.invoke(Command(resume="yes"), thread("t-signed"))
+    assert ("approve", "finance") not in seen("run")
+    (resume,) = [e for e in sink.of_kind("hop") if e["hop"] == oc_langgraph.RESUME_HOP]
+    assert resume.get("owner_team") is None and resume["outcome"] == "quarantined"
+    assert ("approve", None) in seen("run")  # not believed: nobody's, never the forger's
