@@ -221,3 +221,42 @@ def test_proxy_headers_are_what_the_litellm_proxy_records() -> None:
     tags = headers["x-litellm-tags"].split(",")
     assert tags[:3] == ["owner_team:search", "workflow_id:answer", "feature:qa"]
     assert tags[3:] == [f"tenant:{envelope.tenant}"]
+
+
+def test_a_router_fallback_group_is_one_owned_event_per_attempt(
+    fake: FakeProviders, sink: MemorySink
+) -> None:
+    router = litellm.Router(
+        model_list=[
+            {
+                "model_name": "claude",
+                "litellm_params": {
+                    "model": "anthropic/claude-haiku-4-5",
+                    "api_base": fake.url,
+                    "api_key": "sk-ant-test",
+                },
+            },
+            {
+                "model_name": "gpt",
+                "litellm_params": {
+                    "model": "openai/gpt-4o",
+                    "api_base": fake.openai_url,
+                    "api_key": "sk-test",
+                },
+            },
+        ],
+        fallbacks=[{"claude": ["gpt"]}],
+        num_retries=0,
+    )
+    fake.script(500, api="messages")
+    with bind(SEARCH):
+        response = router.completion(model="claude", messages=HI, max_tokens=16)
+        router.completion(model="claude", messages=HI, max_tokens=16)
+    assert response.model == "gpt-4o"
+    events = wait_for(sink, 3)
+    assert [(e["gen_ai.provider.name"], e["status"]) for e in events] == [
+        ("anthropic", "error"),
+        ("openai", "ok"),
+        ("anthropic", "ok"),
+    ]
+    assert {e["owner_team"] for e in events} == {"search"}
