@@ -20,10 +20,11 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 from .billing import Billing, request_metadata
+from .handoff import claim
 from .normalize import Parsed, parse_json
 from .recorder import Attempt, CallScope, failed, open_scope
 
-__all__ = ["MeteredEventStream", "instrument_bedrock"]
+__all__ = ["MeteredEventStream", "instrument_bedrock", "uninstrument_bedrock"]
 
 _SCOPE: Final = "ownership_ctx.metering.scope"
 _ATTEMPT: Final = "ownership_ctx.metering.attempt"
@@ -43,7 +44,20 @@ def instrument_bedrock(client: Any, provider: str = "aws.bedrock") -> None:
         events.register(f"before-parameter-build.bedrock-runtime.{op}", hooks.before_call)
         events.register(f"request-created.bedrock-runtime.{op}", hooks.request_created)
         events.register(f"response-received.bedrock-runtime.{op}", hooks.response_received)
-    setattr(client.meta, _MARK, True)
+    setattr(client.meta, _MARK, hooks)
+
+
+def uninstrument_bedrock(client: Any) -> None:
+    """Remove the hooks `instrument_bedrock` registered (no-op when there are none)."""
+    hooks = getattr(client.meta, _MARK, None)
+    if not isinstance(hooks, _Hooks):
+        return
+    events = client.meta.events
+    for op in _OPS:
+        events.unregister(f"before-parameter-build.bedrock-runtime.{op}", hooks.before_call)
+        events.unregister(f"request-created.bedrock-runtime.{op}", hooks.request_created)
+        events.unregister(f"response-received.bedrock-runtime.{op}", hooks.response_received)
+    delattr(client.meta, _MARK)
 
 
 class _Hooks:
@@ -74,6 +88,7 @@ class _Hooks:
             scope: CallScope | None = context.get(_SCOPE)
             if scope is None:
                 scope = context[_SCOPE] = open_scope()
+            claim()  # a library callback (LiteLLM) watching this attempt leaves it to us
             attempt = Attempt(scope, scope.next_attempt(), self.provider, "converse", "botocore")
             attempt.billing = self.billing
             attempt.streaming = operation_name == "ConverseStream"

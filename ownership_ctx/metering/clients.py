@@ -22,7 +22,7 @@ from . import recorder
 from .pricing import warn_if_no_price_library
 from .recorder import failed, open_scope, scoped
 
-__all__ = ["instrument", "instrument_httpx"]
+__all__ = ["AUTO_MARK", "instrument", "instrument_httpx", "instrumented", "uninstrument"]
 
 C = TypeVar("C")
 _MARK = "_ownership_ctx_metered"
@@ -41,6 +41,7 @@ def instrument(client: C, *, provider: str | None = None) -> C:
     """
     warn_if_no_price_library()
     roots = _roots(client)
+    vars(client).pop(AUTO_MARK, None)  # instrumented on purpose: kept when auto mode is undone
     if "openai" in roots:
         _stainless(client, provider or _openai_provider(client))
     elif "anthropic" in roots:
@@ -189,6 +190,10 @@ def _gemini(client: Any, provider: str) -> None:
         if http_client is not None:
             instrument_httpx(http_client, provider=provider)
             _per_loop(http_client, provider)
+    if getattr(api, "_async_httpx_client", None) is not None and hasattr(api, "_use_aiohttp"):
+        # With aiohttp installed (LiteLLM brings it), google-genai sends async calls through
+        # aiohttp instead of the (metered) httpx client it also has: keep them on httpx.
+        api._use_aiohttp = _no_aiohttp
     request = getattr(api, "_request", None)
     if request is not None:
 
@@ -228,6 +233,10 @@ def _gemini(client: Any, provider: str) -> None:
     setattr(api, _MARK, True)
 
 
+def _no_aiohttp() -> bool:
+    return False
+
+
 def _per_loop(http_client: Any, provider: str) -> None:
     """google-genai's async client sends through one inner client per event loop, built
     later from its constructor arguments: instrument those inner clients as they are made."""
@@ -241,3 +250,67 @@ def _per_loop(http_client: Any, provider: str) -> None:
     http_client._inner_client_cls = make
     for inner in list(getattr(http_client, "_loop_clients", {}).values()):
         instrument_httpx(inner, provider=provider)
+
+
+# -- undoing (for `auto.uninstrument_all`) -----------------------------------------------------
+#: Set on clients that `auto.instrument_all` instrumented; `instrument` clears it, so a client
+#: the application instrumented itself stays metered when the process-wide mode is undone.
+AUTO_MARK = "_ownership_ctx_auto"
+
+
+def instrumented(client: Any) -> bool:
+    """Whether ``client`` is metered (by `instrument` or the process-wide mode)."""
+    if getattr(client, _MARK, False):
+        return True
+    api = getattr(client, "_api_client", None)
+    meta = getattr(client, "meta", None)
+    return bool(getattr(api, _MARK, False) or getattr(meta, _MARK, False))
+
+
+def uninstrument(client: Any) -> None:
+    """Stop metering ``client`` (as `instrument` found it). Unknown or plain clients: no-op."""
+    roots = _roots(client)
+    if "openai" in roots or "anthropic" in roots:
+        if not getattr(client, _MARK, False):
+            return
+        _unwrap_httpx(client._client)
+        for name in ("request", "copy", "with_options", _MARK):
+            vars(client).pop(name, None)
+    elif "google" in roots and hasattr(client, "_api_client"):
+        api = client._api_client
+        if not getattr(api, _MARK, False):
+            return
+        for name in ("_httpx_client", "_async_httpx_client"):
+            http_client = getattr(api, name, None)
+            if http_client is not None:
+                _unwrap_httpx(http_client)
+                for inner in list(getattr(http_client, "_loop_clients", {}).values()):
+                    _unwrap_httpx(inner)
+                vars(http_client).pop("_inner_client_cls", None)
+        for name in ("_request", "_async_request", "_use_aiohttp", _MARK):
+            vars(api).pop(name, None)
+    elif "botocore" in roots:
+        from .bedrock import uninstrument_bedrock
+
+        uninstrument_bedrock(client)
+    vars(client).pop(AUTO_MARK, None)
+
+
+def _unwrap_httpx(http_client: Any) -> None:
+    if not getattr(http_client, _MARK, False):
+        return
+    wrapped = tuple(_classes_in_use())
+    transport = http_client._transport
+    if isinstance(transport, wrapped):
+        http_client._transport = transport.inner
+    http_client._mounts = {
+        pattern: (t.inner if isinstance(t, wrapped) else t)
+        for pattern, t in http_client._mounts.items()
+    }
+    vars(http_client).pop(_MARK, None)
+
+
+def _classes_in_use() -> list[type[Any]]:
+    from .transport import wrapper_classes
+
+    return wrapper_classes()

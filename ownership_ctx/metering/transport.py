@@ -20,10 +20,11 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final
 
 from .billing import from_headers, with_scope
+from .handoff import claim
 from .recorder import Attempt, current_scope, failed, open_scope
 from .tap import BodyTap
 
-__all__ = ["classes_for", "endpoint"]
+__all__ = ["classes_for", "endpoint", "wrapper_classes"]
 
 _REQUEST_IDS: Final = ("x-request-id", "request-id", "x-amzn-requestid", "x-goog-request-id")
 _MODEL_IN_BODY = re.compile(rb'"model"\s*:\s*"([^"\\]{1,128})"')
@@ -75,6 +76,7 @@ def _start(request: Any, provider: str) -> Attempt | None:
             scope.attempts = int(retries) if retries.isdigit() else 0
         if scope.request_model is None:
             scope.request_model = _request_model(request, api, path)
+        claim()  # a library callback (LiteLLM) watching this attempt leaves it to us
         attempt = Attempt(scope, scope.next_attempt(), provider, api, "httpx")
         attempt.billing = from_headers(request.headers)
         return attempt
@@ -104,6 +106,11 @@ def _tap(attempt: Attempt, response: Any, module: Any) -> BodyTap:
         request_id=request_id[:128] if request_id else None,
         module=module,
     )
+
+
+def wrapper_classes() -> list[type[Any]]:
+    """Every transport wrapper class built so far (to recognize and unwrap them)."""
+    return [cls for pair in _classes.values() for cls in pair]
 
 
 def classes_for(module: Any) -> tuple[type[Any], type[Any]]:

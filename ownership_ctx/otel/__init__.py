@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .flask import OwnershipFlaskInstrumentor
     from .id_generator import OwnershipIdGenerator
     from .instrumentor import OwnershipInstrumentor
+    from .metering import OwnershipMeteringInstrumentor
     from .propagator import OwnershipPropagator
     from .sink import OwnershipSinkInstrumentor
     from .spans import (
@@ -47,6 +48,7 @@ __all__ = [
     "OwnershipFlaskInstrumentor",
     "OwnershipIdGenerator",
     "OwnershipInstrumentor",
+    "OwnershipMeteringInstrumentor",
     "OwnershipPropagator",
     "OwnershipSinkInstrumentor",
     "OwnershipSpanProcessor",
@@ -63,6 +65,7 @@ _MODULE_OF = {
     "OwnershipFlaskInstrumentor": "flask",
     "OwnershipIdGenerator": "id_generator",
     "OwnershipInstrumentor": "instrumentor",
+    "OwnershipMeteringInstrumentor": "metering",
     "OwnershipPropagator": "propagator",
     "OwnershipSinkInstrumentor": "sink",
     "OwnershipSpanProcessor": "spans",

@@ -304,10 +304,11 @@ from celery import Celery
 from dramatiq.broker import Broker
 from flask import Flask
 from starlette.applications import Starlette
-from ownership_ctx import events, hooks
+from ownership_ctx import events, hooks, metering
 
 print(json.dumps({
     "ownership_ctx": hooks.installed.trace_id_source is not None,
+    "ownership_ctx_metering": metering.instrumented_all(),
     "ownership_ctx_sink": events.get_sink() is not None,
     "ownership_ctx_asgi": hasattr(Starlette.build_middleware_stack, "__wrapped__"),
     "ownership_ctx_flask": hasattr(Flask.__call__, "__wrapped__"),
@@ -317,6 +318,7 @@ print(json.dumps({
 """
 PARTS = [
     "ownership_ctx",
+    "ownership_ctx_metering",
     "ownership_ctx_sink",
     "ownership_ctx_asgi",
     "ownership_ctx_flask",
