@@ -50,8 +50,8 @@ from ownership_ctx.reports import (
     coverage,
     open_source,
 )
-from ownership_ctx.reports.source import Source
-from ownership_ctx.sinks.query import open_store
+from ownership_ctx.sinks import open_store
+from ownership_ctx.store import StoreBase as Source
 
 START = 1767571200  # 2026-01-05T00:00:00Z, a Monday
 DAYS = 28
@@ -228,8 +228,12 @@ def grow(url: str, gen: Generator, n_events: int) -> float:
 # -- the raw GROUP BY equivalents ---------------------------------------------------------------
 
 
+# The competitor: plain SQL over the raw tables, through the store's own connection
+# (``fetch`` takes ``?`` placeholders and ``%`` for modulo on both databases).
+
+
 def _cost(source: Source) -> str:
-    return source.cost_column
+    return source.dialect.cost
 
 
 def raw_chargeback(source: Source, model: bool) -> dict[tuple[Any, ...], Decimal]:
@@ -244,7 +248,7 @@ def raw_chargeback(source: Source, model: bool) -> dict[tuple[Any, ...], Decimal
         (RANGE.start, RANGE.end),
     )
     width = 2 if model else 1
-    return {tuple(r[:width]): source.money(r[width + 1]) for r in rows}
+    return {tuple(r[:width]): source.dialect.to_money(r[width + 1]) for r in rows}
 
 
 _UNATTRIBUTED = (
@@ -260,7 +264,7 @@ def raw_coverage(source: Source) -> Decimal:
         " FROM provider_calls WHERE ts >= ? AND ts < ? GROUP BY day",
         (RANGE.start, RANGE.end),
     )
-    return sum((source.money(r[2]) for r in rows), Decimal(0))
+    return sum((source.dialect.to_money(r[2]) for r in rows), Decimal(0))
 
 
 def raw_audit(source: Source) -> Decimal:
@@ -285,7 +289,7 @@ def raw_anomaly(source: Source) -> Decimal:
             "SELECT count(*) FROM requests WHERE owner_team = ? AND ts >= ? AND ts < ?",
             ("team00", period.start, period.end),
         )
-        total = sum((source.money(r[5]) for r in rows), Decimal(0)) - total
+        total = sum((source.dialect.to_money(r[5]) for r in rows), Decimal(0)) - total
     return total
 
 

@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ownership_ctx import events
 from ownership_ctx.sinks.pipeline import Pipeline
-from ownership_ctx.sinks.sqlite import COLUMNS, SQLiteStore, split_rows
+from ownership_ctx.store import SQLiteStore, split_rows
+from ownership_ctx.store.tables import TABLES
 
 PG_URL = os.environ.get(
     "OWNERSHIP_CTX_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -181,7 +182,7 @@ def raw_rows(n: int) -> list[tuple[Any, ...]]:
 
 def bench_sqlite(n: int, directory: Path) -> tuple[float, float]:
     rows = raw_rows(n)
-    names = [c for c, _, _ in COLUMNS["provider_calls"]]
+    names = list(TABLES["provider_calls"].names)
     raw_path = directory / "raw.db"
     SQLiteStore(raw_path).write_batch([])  # same schema, pragmas
     import sqlite3
@@ -225,12 +226,12 @@ def bench_postgres(n: int, url: str, directory: Path) -> None:
     except psycopg.Error as exc:
         print(f"PostgreSQL not reachable ({exc}): cases skipped", file=sys.stderr)
         return
-    from ownership_ctx.sinks.postgres import PostgresStore
+    from ownership_ctx.store import PostgresStore
 
     schemas = [f"oc_bench_{uuid.uuid4().hex[:8]}_{k}" for k in ("raw", "pipe")]
     try:
         rows = raw_rows(n)
-        names = [c for c, _, _ in COLUMNS["provider_calls"]]
+        names = list(TABLES["provider_calls"].names)
         store = PostgresStore(url, schema=schemas[0])
         store.write_batch([])  # creates the schema
         store.close()

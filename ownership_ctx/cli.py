@@ -40,8 +40,8 @@ from decimal import Decimal
 from typing import IO, Final
 
 from ownership_ctx import __version__
+from ownership_ctx.reports import Source, StoreError, open_source
 from ownership_ctx.reports import rendering as render_module
-from ownership_ctx.reports.source import Source, StoreError, open_source
 from ownership_ctx.reports.timerange import (
     TimeRange,
     UsageError,

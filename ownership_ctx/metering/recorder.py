@@ -26,6 +26,7 @@ from typing import Any
 from .. import events
 from ..context import current
 from ..envelope import Envelope
+from ..schema import money
 from .normalize import APIS, Parsed
 from .pricing import PriceOverride, Pricer, PriceResult, parse_overrides, unpriced_reason
 from .usage import Usage, usage_from_mapping
@@ -210,10 +211,6 @@ class Attempt:
             failed("finishing an attempt")
 
 
-def _money(value: Decimal | None) -> str | None:
-    return None if value is None else format(value, "f")
-
-
 def build_event(
     *,
     envelope: Envelope | None,
@@ -289,14 +286,14 @@ def build_event(
         "input_image_tokens": u.input_image_tokens,
         "output_image_tokens": u.output_image_tokens,
         "usage_status": parsed.usage_status,
-        "cost": _money(cost),
+        "cost": money.to_text(cost),
         "currency": "USD",
         "cost_source": price.source,
         "unpriced_reason": None
         if cost is not None
         else unpriced_reason(price, usage_known=known, status=status),
         "price_model_id": price.model_id,
-        "cost_avoided": _money(avoided),
+        "cost_avoided": money.to_text(avoided),
         "app_cache_hit": app_cache_hit,
         "fallback_of": fallback_of,
         "fallback_of_call_id": fallback_of_call_id,

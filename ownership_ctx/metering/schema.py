@@ -13,20 +13,22 @@ from __future__ import annotations
 
 from typing import Final, Literal
 
-KIND: Final = "provider_call"
+from ownership_ctx.schema import events as ev
 
-# OpenTelemetry GenAI names.
-PROVIDER: Final = "gen_ai.provider.name"
-OPERATION: Final = "gen_ai.operation.name"
-REQUEST_MODEL: Final = "gen_ai.request.model"
-RESPONSE_MODEL: Final = "gen_ai.response.model"
-RESPONSE_ID: Final = "gen_ai.response.id"
-INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
-OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
-CACHE_READ_TOKENS: Final = "gen_ai.usage.cache_read.input_tokens"
-CACHE_WRITE_TOKENS: Final = "gen_ai.usage.cache_creation.input_tokens"
-REASONING_TOKENS: Final = "gen_ai.usage.reasoning.output_tokens"
-ERROR_TYPE: Final = "error.type"
+KIND: Final = ev.PROVIDER_CALL
+
+# OpenTelemetry GenAI names: defined once, with every event kind, in ownership_ctx.schema.events.
+PROVIDER: Final = ev.PROVIDER
+OPERATION: Final = ev.OPERATION
+REQUEST_MODEL: Final = ev.REQUEST_MODEL
+RESPONSE_MODEL: Final = ev.RESPONSE_MODEL
+RESPONSE_ID: Final = ev.RESPONSE_ID
+INPUT_TOKENS: Final = ev.INPUT_TOKENS
+OUTPUT_TOKENS: Final = ev.OUTPUT_TOKENS
+CACHE_READ_TOKENS: Final = ev.CACHE_READ_TOKENS
+CACHE_WRITE_TOKENS: Final = ev.CACHE_WRITE_TOKENS
+REASONING_TOKENS: Final = ev.REASONING_TOKENS
+ERROR_TYPE: Final = ev.ERROR_TYPE
 
 Status = Literal["ok", "error", "cancelled"]
 CostSource = Literal["provider", "price_table", "unpriced", "override"]

@@ -1,6 +1,7 @@
 """Reports over the event store: chargeback, coverage, audit, trace, anomaly and an HTML page.
 
-Each report is a pure function of a `Source` (a store opened by URL) and a `TimeRange`,
+Each report is a pure function of the store's typed query API
+(`ownership_ctx.store.EventQueries`: a store opened by URL with `open_source`) and a `TimeRange`,
 returning a typed result with exact `Decimal` money; ``result.document()`` renders it as a
 terminal table, CSV or JSON (`render`). The ``ownership-ctx`` command (`ownership_ctx.cli`)
 is a thin layer over these.
@@ -16,6 +17,9 @@ is a thin layer over these.
 
 from __future__ import annotations
 
+from ownership_ctx.sinks.config import open_reader
+from ownership_ctx.store.api import EventQueries, StoreError
+
 from .anomaly import Anomaly, PeriodStats, anomaly, decompose
 from .audit import Audit, audit
 from .chargeback import Chargeback, ChargebackRow, chargeback, parse_by
@@ -23,9 +27,13 @@ from .coverage import Coverage, coverage, parse_threshold
 from .focus import focus_csv
 from .html import build_report, render_html
 from .rendering import Document, render
-from .source import Source, StoreError, open_source
 from .timerange import TimeRange, UsageError, parse_period, parse_range
 from .trace import TraceReport, trace_report
+
+#: What every report reads (the store's typed query API).
+Source = EventQueries
+#: Open a store by URL for reports: read-only, checked now, `StoreError` when it cannot be read.
+open_source = open_reader
 
 __all__ = [
     "Anomaly",

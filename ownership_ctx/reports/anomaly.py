@@ -26,8 +26,9 @@ from collections.abc import Mapping
 from decimal import Decimal, localcontext
 from typing import Final
 
+from ownership_ctx.store.api import EventQueries
+
 from .rendering import Column, Document, Table, money_text
-from .source import Source
 from .timerange import TimeRange
 
 __all__ = ["FACTORS", "Anomaly", "ModelStats", "PeriodStats", "anomaly", "decompose"]
@@ -145,7 +146,7 @@ def decompose(base: PeriodStats, cur: PeriodStats) -> Decomposition:
     return Decomposition(basis, contributions, change)
 
 
-def period_stats(source: Source, team: str, period: TimeRange) -> PeriodStats:
+def period_stats(source: EventQueries, team: str, period: TimeRange) -> PeriodStats:
     """A team's period from the rollups, per provider/model@tier."""
     rows = source.rollups(
         period.start,
@@ -184,7 +185,7 @@ class Anomaly:
         return _document(self)
 
 
-def anomaly(source: Source, team: str, baseline: TimeRange, current: TimeRange) -> Anomaly:
+def anomaly(source: EventQueries, team: str, baseline: TimeRange, current: TimeRange) -> Anomaly:
     base = period_stats(source, team, baseline)
     cur = period_stats(source, team, current)
     return Anomaly(team, baseline, current, base, cur, decompose(base, cur))

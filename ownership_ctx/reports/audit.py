@@ -12,12 +12,14 @@ import dataclasses
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Final
+
+from ownership_ctx.schema.money import to_decimal
+from ownership_ctx.store.api import EventQueries
 
 from .coverage import coverage
 from .rendering import Column, Document, Table, money_text
-from .source import Source
 from .timerange import TimeRange, stamp
 from .tracing import ORIGIN_HOPS, REQUIRED, Loss, first_loss, steps_from_events
 
@@ -80,37 +82,10 @@ class Audit:
         return _document(self)
 
 
-def recent_traces(source: Source, time_range: TimeRange, n: int) -> tuple[list[str], float]:
+def recent_traces(source: EventQueries, time_range: TimeRange, n: int) -> tuple[list[str], float]:
     """The ``n`` most recent trace ids with provider calls, newest first, and the time of the
-    oldest call looked at. Walks the ``ts`` index backwards: cost grows with ``n``."""
-    limit = max(64, n * 16)
-    while True:
-        rows = source.fetch(
-            "SELECT trace_id, ts FROM provider_calls WHERE ts >= ? AND ts < ?"
-            " AND trace_id IS NOT NULL ORDER BY ts DESC LIMIT ?",
-            (time_range.start, time_range.end, limit),
-        )
-        seen: dict[str, float] = {}
-        oldest = float(time_range.end)
-        for trace, ts in rows:
-            oldest = float(ts)
-            if trace not in seen:
-                seen[trace] = float(ts)
-                if len(seen) == n:
-                    return list(seen), oldest
-        if len(rows) < limit:
-            return list(seen), float(time_range.start) if not rows else oldest
-        limit *= 4
-
-
-def _money(value: Any) -> Decimal | None:
-    if value is None:
-        return None
-    try:
-        number = Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        return None
-    return number if number.is_finite() else None
+    oldest call looked at (cost grows with ``n``)."""
+    return source.recent_traces(time_range.start, time_range.end, n)
 
 
 @dataclasses.dataclass
@@ -124,7 +99,7 @@ class _Check:
 
 
 def audit(
-    source: Source,
+    source: EventQueries,
     time_range: TimeRange,
     *,
     sample: int = 10,
@@ -134,10 +109,7 @@ def audit(
     say = progress or (lambda _: None)
     say("finding recent traces")
     traces, oldest = recent_traces(source, time_range, sample)
-    (untraced,) = source.fetch(
-        "SELECT count(*) FROM provider_calls WHERE ts >= ? AND ts < ? AND trace_id IS NULL",
-        (oldest if traces else time_range.start, time_range.end),
-    )[0]
+    untraced = source.untraced_calls(oldest if traces else time_range.start, time_range.end)
     checks = [_Check() for _ in range(6)]
     paths: Counter[str] = Counter()
     audited = []
@@ -199,7 +171,7 @@ def _audit_trace(
             q4.fail(trace)
         _cost_check(trace, call, q5)
     _explained(trace, calls, q6)
-    spend = sum((_money(c.get("cost")) or Decimal(0) for c in calls), Decimal(0))
+    spend = sum((to_decimal(c.get("cost")) or Decimal(0) for c in calls), Decimal(0))
     started = min((s.ts for s in steps), default=0.0)
     return TraceAudit(trace, stamp(started), path, len(calls), spend, (), loss)
 
@@ -207,7 +179,7 @@ def _audit_trace(
 def _cost_check(trace: str, call: Mapping[str, Any], check: _Check) -> None:
     """Q5: a successful call needs tokens and a cost from a known source; a failed attempt
     that reported no usage is free (providers do not bill it)."""
-    cost = _money(call.get("cost"))
+    cost = to_decimal(call.get("cost"))
     tokens = call.get("gen_ai.usage.input_tokens")
     source = call.get("cost_source")
     if call.get("status") != "ok" and tokens is None:
@@ -251,7 +223,7 @@ def _explained(trace: str, calls: Sequence[Mapping[str, Any]], check: _Check) ->
                 check.fail(trace)
         if call.get("app_cache_hit"):
             check.counts["app cache hits"] += 1
-            if _money(call.get("cost_avoided")) is None:
+            if to_decimal(call.get("cost_avoided")) is None:
                 check.counts["cache hits without cost avoided"] += 1
                 check.fail(trace)
         if call.get("gen_ai.usage.cache_read.input_tokens"):

@@ -14,10 +14,9 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Final
 
-from ownership_ctx.sinks.query import RollupRow
+from ownership_ctx.store.api import EventQueries, RollupRow
 
 from .rendering import Column, Document, Table, money_text
-from .source import Source
 from .timerange import TimeRange, UsageError
 
 __all__ = ["DIMENSIONS", "Chargeback", "ChargebackRow", "chargeback", "parse_by"]
@@ -116,7 +115,9 @@ def _per(spend: Decimal, requests: int | None) -> Decimal | None:
     return (spend / requests).quantize(Decimal("0.000000001"))
 
 
-def chargeback(source: Source, time_range: TimeRange, by: Sequence[str] = ("team",)) -> Chargeback:
+def chargeback(
+    source: EventQueries, time_range: TimeRange, by: Sequence[str] = ("team",)
+) -> Chargeback:
     names = tuple(by)
     dims = tuple(DIMENSIONS[n] for n in names)
     separable = not (set(dims) & _CALL_ONLY)

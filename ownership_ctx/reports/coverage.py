@@ -15,8 +15,9 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any, Final
 
+from ownership_ctx.store.api import EventQueries
+
 from .rendering import Column, Document, Table, money_text
-from .source import Source
 from .timerange import TimeRange, UsageError, day_label, iso_week
 from .tracing import REQUIRED, Step, first_loss
 
@@ -24,7 +25,6 @@ __all__ = ["Coverage", "CoveragePeriod", "HopLoss", "coverage", "parse_threshold
 
 _REQUIRABLE: Final = ("owner_team", "workflow_id", "feature", "tenant")
 _SHARE: Final = Decimal("0.000001")
-_CHUNK: Final = 400  # trace ids per IN (...) query: well under SQLite's 32766 parameters
 Progress = Callable[[str], None]
 
 
@@ -109,7 +109,7 @@ def _share(part: Decimal, whole: Decimal) -> Decimal:
 
 
 def coverage(
-    source: Source,
+    source: EventQueries,
     time_range: TimeRange,
     *,
     required: Sequence[str] = REQUIRED,
@@ -187,69 +187,39 @@ def coverage(
     return result
 
 
-def _condition(required: Sequence[str]) -> str:
-    parts = ["coalesce(attribution, '') <> 'attributed'"]
-    parts += [f"coalesce({f}, '') = ''" for f in required]
-    return "(" + " OR ".join(parts) + ")"
-
-
 def hop_breakdown(
-    source: Source,
+    source: EventQueries,
     time_range: TimeRange,
     required: Sequence[str],
     unattributed: Decimal,
-    calls_in_range: int,
+    calls_in_range: int = 0,
 ) -> list[HopLoss]:
     """Unattributed spend per (hop, unit) where its trace first lost its fields."""
-    cond = _condition(required)
-    ts = source.ts_column(calls_in_range)
-    present = ", ".join(
-        f"CASE WHEN coalesce({c}, '') = '' THEN 0 ELSE 1 END"
-        for c in ("owner_team", "workflow_id", "feature", "tenant", "user_id")
-    )
-    # One row per trace and field pattern (not per call): the work is in the database.
-    calls = source.fetch(
-        f"SELECT trace_id, coalesce(attribution, ''), {present}, min(ts), count(*),"
-        f" sum({source.cost_column}), min(provider),"
-        " min(coalesce(response_model, request_model))"
-        f" FROM provider_calls WHERE {ts} >= ? AND {ts} < ? AND {cond}"
-        f" GROUP BY trace_id, coalesce(attribution, ''), {present}",
-        (time_range.start, time_range.end),
-    )
+    # One row per trace and field pattern (not per call), kept in a rollup of their own.
+    calls = source.unattributed_calls(time_range.start, time_range.end, required)
     steps: dict[str | None, list[Step]] = defaultdict(list)
     money: dict[str | None, list[Any]] = defaultdict(lambda: [Decimal(0), 0])
-    names = ("owner_team", "workflow_id", "feature", "tenant", "user")
     for row in calls:
-        trace, attribution, flags = row[0], row[1], row[2:7]
-        ts, count, cost, provider, model = row[7:12]
-        fields = frozenset(n for n, flag in zip(names, flags, strict=True) if flag)
-        unit = f"{provider or '?'} {model or '?'}"
-        steps[trace].append(Step(float(ts or 0), "call", "call", unit, attribution, (), fields))
-        money[trace][0] += source.money(cost)
-        money[trace][1] += int(count)
+        unit = f"{row.provider or '?'} {row.model or '?'}"
+        steps[row.trace_id].append(
+            Step(row.first_ts, "call", "call", unit, row.attribution, (), row.fields)
+        )
+        money[row.trace_id][0] += row.cost
+        money[row.trace_id][1] += row.calls
     traced = [t for t in steps if t is not None]
-    # The hops of those traces, by the trace index (a second scan of the range would cost as
-    # much as the first).
-    rows: list[tuple[Any, ...]] = []
-    for i in range(0, len(traced), _CHUNK):
-        chunk = traced[i : i + _CHUNK]
-        slots = ", ".join("?" * len(chunk))
-        rows += source.fetch(
-            "SELECT trace_id, ts, hop, unit, outcome, missing, owner_team, workflow_id, feature,"
-            f" tenant, user_id, 'hop' FROM hops WHERE trace_id IN ({slots})"
-            " UNION ALL SELECT trace_id, ts, 'http', route, outcome, missing, owner_team,"
-            f" workflow_id, feature, tenant, user_id, 'request' FROM requests"
-            f" WHERE trace_id IN ({slots})",
-            chunk * 2,
+    # The hops of those traces, by the trace index.
+    for hop in source.trace_steps(traced):
+        steps[hop.trace_id].append(
+            Step(
+                hop.ts,
+                hop.kind,
+                str(hop.hop or "?"),
+                str(hop.unit or "?"),
+                hop.outcome,
+                hop.missing,
+                hop.fields,
+            )
         )
-    for row in rows:
-        trace, ts, hop, unit, outcome, miss, *marks, kind = row
-        carried = frozenset(n for n, v in zip(names, marks, strict=True) if v)
-        missing = tuple(m for m in (miss or "").split(",") if m)
-        step = Step(
-            float(ts or 0), str(kind), str(hop or "?"), str(unit or "?"), outcome, missing, carried
-        )
-        steps[trace].append(step)
     groups: dict[tuple[str, str, str], list[Any]] = {}
     for trace in [*traced, *([None] if None in money else [])]:
         if trace is None:

@@ -18,8 +18,9 @@ import json
 from collections.abc import Iterator
 from typing import Final
 
+from ownership_ctx.store.api import EventQueries
+
 from .rendering import money_text
-from .source import Source
 from .timerange import DAY, TimeRange, stamp
 
 __all__ = ["COLUMNS", "focus_csv", "focus_rows"]
@@ -70,7 +71,7 @@ COLUMNS: Final = (
 _TAG_KEYS: Final = ("owner_team", "workflow_id", "feature", "tenant")
 
 
-def focus_rows(source: Source, time_range: TimeRange) -> Iterator[dict[str, str]]:
+def focus_rows(source: EventQueries, time_range: TimeRange) -> Iterator[dict[str, str]]:
     """The export's rows, in day then owner order (call-less buckets are skipped)."""
     buckets = source.rollups(time_range.start, time_range.end, group_by=_DIMS)
     for b in buckets:
@@ -125,7 +126,7 @@ def _s(value: object) -> str:
     return "" if value is None else str(value)
 
 
-def focus_csv(source: Source, time_range: TimeRange) -> str:
+def focus_csv(source: EventQueries, time_range: TimeRange) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()

@@ -29,6 +29,8 @@ from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Final
 
+from ownership_ctx.store.api import EventQueries
+
 from .anomaly import FACTORS, Anomaly, anomaly
 from .chargeback import Chargeback, ChargebackRow, chargeback
 from .coverage import Coverage, coverage
@@ -40,7 +42,6 @@ from .rendering import (
     nice_ticks,
     tick_text,
 )
-from .source import Source
 from .timerange import DAY, TimeRange
 from .trace import TraceReport, build
 
@@ -74,7 +75,7 @@ class Section:
     body: str
 
 
-SectionBuilder = Callable[[Source, TimeRange], "Section | None"]
+SectionBuilder = Callable[[EventQueries, TimeRange], "Section | None"]
 _SECTION_BUILDERS: list[SectionBuilder] = []
 
 
@@ -112,17 +113,10 @@ class HtmlReport:
 
 
 def top_requests(
-    source: Source, time_range: TimeRange, n: int, calls_in_range: int
+    source: EventQueries, time_range: TimeRange, n: int, calls_in_range: int = 0
 ) -> list[tuple[str, Decimal]]:
     """The ``n`` traces with the highest summed call cost in the range."""
-    ts = source.ts_column(calls_in_range)
-    rows = source.fetch(
-        f"SELECT trace_id, sum({source.cost_column}) AS spend FROM provider_calls"
-        f" WHERE {ts} >= ? AND {ts} < ? AND trace_id IS NOT NULL"
-        " GROUP BY trace_id ORDER BY spend DESC, trace_id LIMIT ?",
-        (time_range.start, time_range.end, n),
-    )
-    return [(str(t), source.money(s)) for t, s in rows if s is not None]
+    return [(t.trace_id, t.cost) for t in source.top_requests(time_range.start, time_range.end, n)]
 
 
 def week_over_week(time_range: TimeRange) -> tuple[TimeRange, TimeRange]:
@@ -132,7 +126,7 @@ def week_over_week(time_range: TimeRange) -> tuple[TimeRange, TimeRange]:
 
 
 def build_report(
-    source: Source,
+    source: EventQueries,
     time_range: TimeRange,
     *,
     top: int = 10,

@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping, Sequence
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Final
 
+from ownership_ctx.schema.money import to_decimal
+from ownership_ctx.store.api import EventQueries
+
 from .rendering import Column, Document, Table, money_text
-from .source import Source
 from .timerange import UsageError, stamp
 from .tracing import REQUIRED, Loss, first_loss, steps_from_events
 
@@ -77,16 +79,6 @@ class TraceReport:
         return _document(self)
 
 
-def _decimal(value: Any) -> Decimal | None:
-    if value is None:
-        return None
-    try:
-        number = Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        return None
-    return number if number.is_finite() else None
-
-
 def _int(value: Any) -> int | None:
     if isinstance(value, bool) or value is None:
         return None
@@ -109,7 +101,7 @@ def _float(value: Any) -> float | None:
 
 
 def _unpriced_reason(event: Mapping[str, Any]) -> str | None:
-    if _decimal(event.get("cost")) is not None:
+    if to_decimal(event.get("cost")) is not None:
         return None
     stored = _str(event.get("unpriced_reason"))
     if stored is not None:
@@ -120,7 +112,7 @@ def _unpriced_reason(event: Mapping[str, Any]) -> str | None:
     return "no usage reported" if event.get("gen_ai.usage.input_tokens") is None else "unpriced"
 
 
-def trace_report(source: Source, trace_id: str) -> TraceReport:
+def trace_report(source: EventQueries, trace_id: str) -> TraceReport:
     trace_id = trace_id.strip().lower()
     if not _TRACE_ID.fullmatch(trace_id):
         raise UsageError(f"a trace id is 32 lowercase hex characters, not {trace_id!r}")
@@ -171,12 +163,12 @@ def build(trace_id: str, events: Sequence[Mapping[str, Any]]) -> TraceReport:
                     _int(e.get("gen_ai.usage.output_tokens")),
                     _int(e.get("gen_ai.usage.cache_read.input_tokens")),
                     _float(e.get("latency_ms")),
-                    _decimal(e.get("cost")),
+                    to_decimal(e.get("cost")),
                     _str(e.get("cost_source")),
                     _unpriced_reason(e),
                     _str(e.get("fallback_of")),
                     bool(e.get("app_cache_hit")),
-                    _decimal(e.get("cost_avoided")),
+                    to_decimal(e.get("cost_avoided")),
                     _str(e.get("owner_team")),
                 )
             )

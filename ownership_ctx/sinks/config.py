@@ -25,11 +25,14 @@ import importlib.util
 import os
 import tempfile
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ownership_ctx import events
 from ownership_ctx.sinks.pipeline import Backend, Pipeline, creatable_dir
+
+if TYPE_CHECKING:
+    from ownership_ctx.store import StoreBase
 
 __all__ = [
     "DEFAULT_URL",
@@ -37,7 +40,9 @@ __all__ = [
     "from_env",
     "install",
     "open_backend",
+    "open_reader",
     "open_sink",
+    "open_store",
     "redacted_url",
     "resolve_url",
 ]
@@ -149,13 +154,13 @@ def open_backend(url: str, *, readonly: bool = False) -> Any:
     ``readonly``: a store that never writes, creates nothing, and fails when it is missing."""
     parsed = _Parsed(resolve_url(url))
     if parsed.scheme == "sqlite":
-        from ownership_ctx.sinks.sqlite import SQLiteStore
+        from ownership_ctx.store import SQLiteStore
 
         if not parsed.path:
             raise ValueError("sqlite URL needs a path: sqlite:///relative.db or sqlite:////abs.db")
         return SQLiteStore(parsed.path, readonly=readonly, **parsed.options(_SQLITE_OPTIONS))
     if parsed.scheme == "postgresql":
-        from ownership_ctx.sinks.postgres import PostgresStore
+        from ownership_ctx.store import PostgresStore
 
         if importlib.util.find_spec("psycopg") is None:
             # Now, at install time, rather than as a failing write in the background later.
@@ -175,6 +180,53 @@ def open_backend(url: str, *, readonly: bool = False) -> Any:
     raise ValueError(
         f"unknown sink URL scheme {parsed.scheme!r}: use sqlite, postgresql, jsonl, memory or otel"
     )
+
+
+def open_store(url: str, *, readonly: bool = False) -> StoreBase:
+    """The store at ``url`` (``sqlite:///...`` or ``postgresql://...``), for writing
+    (``write_batch``) and reading (the typed query API, `ownership_ctx.store.EventQueries`).
+    ``readonly``: never write or create anything; a missing store or table raises."""
+    from ownership_ctx.store import StoreBase
+
+    backend = open_backend(url, readonly=readonly)
+    if not isinstance(backend, StoreBase):
+        raise ValueError(f"{url.split(':', 1)[0]}: sinks are write-only; no queries")
+    return backend
+
+
+def open_reader(url: str | None = None) -> StoreBase:
+    """The store at ``url`` (else ``OWNERSHIP_CTX_SINK_URL``, else `DEFAULT_URL`) for reading
+    only: nothing is created or written, and it is checked now. Raises
+    `ownership_ctx.store.StoreError` (one line, saying what to do) when it cannot be read."""
+    from ownership_ctx.store import SQLiteStore, StoreError
+
+    url = resolve_url(url)
+    scheme = _Parsed(url).scheme
+    if scheme not in ("sqlite", "postgresql"):
+        raise StoreError(f"reports read sqlite:/// or postgresql:// stores, not {scheme}://")
+    try:
+        store = open_store(url, readonly=True)
+    except ModuleNotFoundError:
+        raise StoreError(
+            'reading PostgreSQL needs psycopg: pip install "ownership-ctx[postgres]"'
+        ) from None
+    except ValueError as e:
+        raise StoreError(str(e).strip().splitlines()[0]) from e
+    if isinstance(store, SQLiteStore) and not os.path.isfile(store.path):
+        raise StoreError(
+            f"no event store at {os.path.abspath(store.path)}"
+            " (pass --db URL or a path, or set OWNERSHIP_CTX_SINK_URL)"
+        )
+    try:
+        store.extent()  # connects read-only and checks the tables are there
+    except StoreError as e:
+        store.close()
+        detail = str(e).partition(": ")[2] or str(e)
+        where = (
+            "" if isinstance(store, SQLiteStore) else f"cannot read the store {redacted_url(url)}: "
+        )
+        raise StoreError(where + detail) from e
+    return store
 
 
 def open_sink(url: str, **pipeline_options: Any) -> events.Sink:

@@ -1,36 +1,28 @@
 """`JsonLinesSink`: append each event as one JSON line to a file.
 
 It never raises into the host: a failed write is counted (``events.stats["jsonl_sink_errors"]``)
-and the event dropped. Values JSON cannot hold natively are written as strings (``Decimal``
-as its exact decimal text, never a float).
+and the event dropped. Lines are written by the one event encoder
+(`ownership_ctx.schema.encoding`): ``Decimal`` as its exact decimal text, NaN and infinities as
+``null``, other values JSON cannot hold as strings.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Mapping
-from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
 from .. import events
+from ..schema.encoding import encode_json
 
 __all__ = ["JsonLinesSink", "to_json"]
 
 
-def _default(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    return str(value)
-
-
 def to_json(event: Mapping[str, Any]) -> str:
-    """One event as compact JSON (Decimals as exact strings, unknown types as ``str``)."""
-    return json.dumps(event, default=_default, separators=(",", ":"), allow_nan=False)
+    """One event as compact JSON (`ownership_ctx.schema.encoding.encode_json`)."""
+    return encode_json(event)
 
 
 class JsonLinesSink:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from ownership_ctx import Envelope, encode_header, new_trace_id
-from ownership_ctx.sinks.query import open_store
+from ownership_ctx.sinks import open_store
 from ownership_ctx.testing.fake_providers import FakeProviders
 from tests.integrations.support import (
     free_port,

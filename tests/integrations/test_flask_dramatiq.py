@@ -17,7 +17,7 @@ import pytest
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
 from ownership_ctx import new_trace_id
-from ownership_ctx.sinks.query import open_store
+from ownership_ctx.sinks import open_store
 from ownership_ctx.testing.fake_providers import FakeProviders
 from tests.integrations.support import (
     free_port,

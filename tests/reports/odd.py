@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ownership_ctx.sinks.query import open_store
+from ownership_ctx.sinks import open_store
 from tests.reports.scenario import epoch
 
 T = epoch("2026-01-06T12:00:00")

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from ownership_ctx import __version__
-from ownership_ctx.sinks.sqlite import SQLiteStore
+from ownership_ctx.store import SQLiteStore
 from tests.integrations.support import free_port
 from tests.reports import scenario
 from tests.reports.cli_process import run_cli

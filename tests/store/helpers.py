@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from ownership_ctx.sinks.query import EventQueries
+from ownership_ctx.store import EventQueries
 
 _seq = itertools.count()
 TRACE = "ab" * 16

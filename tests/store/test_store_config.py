@@ -11,8 +11,7 @@ from ownership_ctx import events
 from ownership_ctx.sinks.config import ENV_VAR, from_env, install, open_backend, open_sink
 from ownership_ctx.sinks.memory import MemorySink
 from ownership_ctx.sinks.pipeline import Pipeline
-from ownership_ctx.sinks.postgres import PostgresStore
-from ownership_ctx.sinks.sqlite import SQLiteStore
+from ownership_ctx.store import PostgresStore, SQLiteStore
 from tests.store.helpers import provider_call, request_event
 
 

@@ -13,7 +13,7 @@ import pytest
 from ownership_ctx import cli, events
 from ownership_ctx.sinks import Pipeline
 from ownership_ctx.sinks.config import DEFAULT_URL, ENV_VAR, install, open_sink, resolve_url
-from ownership_ctx.sinks.sqlite import SQLiteStore
+from ownership_ctx.store import SQLiteStore
 from tests.store.helpers import request_event
 
 ROOT = Path(__file__).resolve().parents[2]

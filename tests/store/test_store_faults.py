@@ -32,7 +32,7 @@ import pytest
 from ownership_ctx import events
 from ownership_ctx.sinks.config import open_backend
 from ownership_ctx.sinks.pipeline import Pipeline
-from ownership_ctx.sinks.sqlite import SQLiteStore
+from ownership_ctx.store import SQLiteStore
 from tests.store.helpers import assert_stored_exactly_once, mixed
 
 ROOT = Path(__file__).resolve().parents[2]

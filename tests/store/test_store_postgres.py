@@ -10,7 +10,7 @@ import psycopg
 
 from ownership_ctx.sinks.config import open_backend, open_sink
 from ownership_ctx.sinks.pipeline import Pipeline
-from ownership_ctx.sinks.sqlite import SQLiteStore
+from ownership_ctx.store import SQLiteStore
 from tests.store.helpers import TRACE, assert_stored_exactly_once, hop_event, mixed, provider_call
 
 HOUR = 3600 * 500_000

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ownership_ctx.sinks.query import DIMENSIONS, EventQueries
-from ownership_ctx.sinks.sqlite import SQLiteStore, cost_parts
+from ownership_ctx.schema.money import nano_parts
+from ownership_ctx.store import DIMENSIONS, EventQueries, SQLiteStore
 
 BASE = 3600 * 480_000
 
@@ -95,7 +95,7 @@ def expected_rollups(
     out: dict[tuple[Any, ...], dict[str, Any]] = defaultdict(lambda: defaultdict(int))
 
     def cost(value: Any) -> Decimal | None:
-        text, n = cost_parts(value)
+        text, n = nano_parts(value)
         if text is None or n is None:
             return None
         return Decimal(n) / 10**9 if nanos else Decimal(text)
@@ -191,7 +191,10 @@ def _truncate(store: Any) -> None:
     with store._lock:
         conn = store._conn or store._connect(autocommit=False)
         store._conn = conn
-        conn.execute("TRUNCATE provider_calls, requests, hops, other_events, rollup_hourly")
+        conn.execute(
+            "TRUNCATE provider_calls, requests, hops, other_events, rollup_hourly, rollup_daily,"
+            " unattributed_hourly"
+        )
         conn.commit()
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ownership_ctx.sinks.sqlite import SQLiteStore, cost_parts
+from ownership_ctx.schema.money import nano_parts
+from ownership_ctx.store import SQLiteStore
 from tests.store.helpers import TRACE, hop_event, provider_call, request_event
 
 HOUR = 3600 * 500_000  # an hour boundary (epoch seconds)
@@ -127,15 +128,15 @@ def test_odd_values_do_not_hold_back_their_batch(store: SQLiteStore) -> None:
     assert total.unpriced_calls == 2  # NaN and an object are not costs
 
 
-def test_cost_parts() -> None:
-    assert cost_parts("0.0000015") == ("0.0000015", 1500)
-    assert cost_parts("12") == ("12", 12_000_000_000)
-    assert cost_parts("-0.5") == ("-0.5", -500_000_000)
-    assert cost_parts("1E-7") == ("0.0000001", 100)
-    assert cost_parts("0.0000000015") == ("0.0000000015", 2)  # half-even to nano-dollars
-    assert cost_parts(Decimal("0.25")) == ("0.25", 250_000_000)
+def test_nano_parts() -> None:
+    assert nano_parts("0.0000015") == ("0.0000015", 1500)
+    assert nano_parts("12") == ("12", 12_000_000_000)
+    assert nano_parts("-0.5") == ("-0.5", -500_000_000)
+    assert nano_parts("1E-7") == ("0.0000001", 100)
+    assert nano_parts("0.0000000015") == ("0.0000000015", 2)  # half-even to nano-dollars
+    assert nano_parts(Decimal("0.25")) == ("0.25", 250_000_000)
     for bad in (None, "", "abc", "NaN", "Infinity", "1e30", True, [1]):
-        assert cost_parts(bad) == (None, None)
+        assert nano_parts(bad) == (None, None)
 
 
 def test_two_stores_one_file(tmp_path: Path) -> None:

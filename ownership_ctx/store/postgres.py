@@ -1,14 +1,13 @@
 """The event store on PostgreSQL (psycopg 3), for many hosts writing to one database.
 
-Same tables, columns and rollups as `ownership_ctx.sinks.sqlite` (costs as exact ``NUMERIC``
-here, bodies as ``JSONB``). A batch is one transaction:
+Same tables, columns and rollups as the SQLite store (`ownership_ctx.store.tables`; costs as
+exact ``NUMERIC`` here, bodies as ``JSONB``). A batch is one transaction:
 
 1. ``COPY`` each table's rows into a per-connection temporary staging table;
 2. ``INSERT ... SELECT ... ON CONFLICT (event_id) DO NOTHING RETURNING ...`` moves them into
    the table, and in the same statement the returned rows (exactly the ones inserted, never a
-   replayed duplicate) are aggregated and upserted into ``rollup_hourly``, in key order so
-   that hosts updating the same buckets concurrently queue on row locks instead of
-   deadlocking.
+   replayed duplicate) are aggregated and upserted into every rollup, in key order so that
+   hosts updating the same buckets concurrently queue on row locks instead of deadlocking.
 
 psycopg is imported when the store first connects, so the module imports without it.
 """
@@ -21,154 +20,63 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from ownership_ctx.sinks.query import (
-    DIMENSIONS,
-    EventQueries,
-    ForkSafeConnections,
-    RollupRow,
-    event_ids_sql,
-    rollup_query,
-)
-from ownership_ctx.sinks.sqlite import (
-    COLUMNS,
-    READ_COLUMNS,
-    ROLLUP_MEASURES,
-    Kind,
-    Rows,
-    by_time,
-    read_sql,
-    rebuild,
-    split_rows,
-)
+from .base import StoreBase
+from .dialect import POSTGRESQL
+from .rows import Rows, split_rows
+from .tables import ROLLED_UP, ROLLUPS, TABLES
 
 if TYPE_CHECKING:
     import psycopg
 
 __all__ = ["PostgresStore"]
 
-_PG_TYPES: Final[dict[Kind, str]] = {
-    "text": "TEXT",
-    "int": "BIGINT",
-    "real": "DOUBLE PRECISION",
-    "bool": "BOOLEAN",
-    "cost": "NUMERIC",
-    "nanos": "BIGINT",
-    "json": "JSONB",
-}
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _SCHEMA_LOCK: Final = 0x6F776E6572736870  # advisory lock id: b"ownershp"
-
-
-def _schema_sql() -> list[str]:
-    statements = []
-    for table, cols in COLUMNS.items():
-        body = ", ".join(
-            f"{name} {_PG_TYPES[kind]}" + (" PRIMARY KEY" if name == "event_id" else "")
-            for name, _, kind in cols
-        )
-        statements.append(f"CREATE TABLE IF NOT EXISTS {table} ({body})")
-        statements.append(f"CREATE INDEX IF NOT EXISTS {table}_trace ON {table} (trace_id)")
-        statements.append(f"CREATE INDEX IF NOT EXISTS {table}_ts ON {table} (ts)")
-        pairs = ", ".join(
-            f"'{key}', " + (f"{column}::text" if kind == "cost" else column)
-            for column, key, kind in READ_COLUMNS[table]
-        )
-        # The whole event as JSON for SQL users (the body holds only what has no column).
-        statements.append(
-            f"CREATE OR REPLACE VIEW {table}_json AS SELECT event_id, ts, trace_id,"
-            f" jsonb_strip_nulls(jsonb_build_object({pairs})) || body AS event FROM {table}"
-        )
-    dims = ", ".join(f"{d} TEXT NOT NULL" for d in DIMENSIONS)
-    measures = ", ".join(
-        f"{m} {'NUMERIC' if kind == 'cost' else 'BIGINT'} NOT NULL DEFAULT 0"
-        for m, kind in ROLLUP_MEASURES.items()
-    )
-    statements.append(
-        f"CREATE TABLE IF NOT EXISTS rollup_hourly (hour BIGINT NOT NULL, {dims}, {measures},"
-        f" PRIMARY KEY (hour, {', '.join(DIMENSIONS)}))"
-    )
-    return statements
+_REQUIRED_TABLES: Final = (*TABLES, *(r.name for r in ROLLUPS), "unattributed_hourly")
 
 
 def _stage(table: str) -> str:
     return f"_oc_stage_{table}"
 
 
-def _columns(table: str) -> str:
-    return ", ".join(name for name, _, _ in COLUMNS[table])
-
-
-_UNATTRIBUTED: Final = "attribution IS DISTINCT FROM 'attributed' OR coalesce(owner_team, '') = ''"
-
-
 def _move_sql(table: str) -> str:
-    """Staging -> table (duplicates ignored), and for rolled-up tables the rollup upsert."""
-    cols = _columns(table)
+    """Staging -> table (duplicates ignored), and for rolled-up tables every rollup upsert."""
+    cols = POSTGRESQL.insert_columns(table)
     insert = (
         f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {_stage(table)}"
         " ON CONFLICT (event_id) DO NOTHING"
     )
-    if table not in ("provider_calls", "requests"):
+    if table not in ROLLED_UP:
         return insert
-    keys = ("hour", *DIMENSIONS)
+    steps = [f"inserted AS ({insert} RETURNING *)"]
+    for i, rollup in enumerate(ROLLUPS):
+        steps.append(f"r{i} AS ({POSTGRESQL.rollup_upsert(rollup, table, 'FROM inserted')})")
     if table == "provider_calls":
-        dims = [
-            "coalesce(owner_team, '')",
-            "coalesce(workflow_id, '')",
-            "coalesce(feature, '')",
-            "coalesce(tenant, '')",
-            "coalesce(provider, '')",
-            "coalesce(response_model, request_model, '')",
-            "coalesce(service_tier, '')",
-        ]
-        values = {
-            "calls": "count(*)",
-            "requests": "0",
-            "errors": "count(*) FILTER (WHERE status = 'error')",
-            "retries": "count(*) FILTER (WHERE attempt > 1)",
-            "fallbacks": "count(*) FILTER (WHERE fallback_of IS NOT NULL)",
-            "app_cache_hits": "count(*) FILTER (WHERE app_cache_hit)",
-            "unpriced_calls": "count(*) FILTER (WHERE cost IS NULL)",
-            "input_tokens": "coalesce(sum(input_tokens), 0)",
-            "output_tokens": "coalesce(sum(output_tokens), 0)",
-            "cache_read_tokens": "coalesce(sum(cache_read_tokens), 0)",
-            "cache_write_tokens": "coalesce(sum(cache_write_tokens), 0)",
-            "reasoning_tokens": "coalesce(sum(reasoning_tokens), 0)",
-            "cost": "coalesce(sum(cost), 0)",
-            "unattributed_cost": f"coalesce(sum(cost) FILTER (WHERE {_UNATTRIBUTED}), 0)",
-            "cost_avoided": "coalesce(sum(cost_avoided), 0)",
-        }
-    else:
-        dims = [
-            "coalesce(owner_team, '')",
-            "coalesce(workflow_id, '')",
-            "coalesce(feature, '')",
-            "coalesce(tenant, '')",
-            "''",
-            "''",
-            "''",
-        ]
-        values = {m: "0" for m in ROLLUP_MEASURES}
-        values["requests"] = "count(*)"
-    positions = ", ".join(str(i) for i in range(1, len(keys) + 1))
-    select = ", ".join(("hour", *dims, *(values[m] for m in ROLLUP_MEASURES)))
-    update = ", ".join(f"{m} = rollup_hourly.{m} + EXCLUDED.{m}" for m in ROLLUP_MEASURES)
-    return (
-        f"WITH inserted AS ({insert} RETURNING *)"
-        f" INSERT INTO rollup_hourly ({', '.join((*keys, *ROLLUP_MEASURES))})"
-        f" SELECT {select} FROM inserted GROUP BY {positions} ORDER BY {positions}"
-        f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {update}"
-    )
+        steps.append(f"u AS ({POSTGRESQL.unattributed_upsert('FROM inserted WHERE TRUE')})")
+    return f"WITH {', '.join(steps)} SELECT 1"
 
 
-_MOVES: Final = {table: _move_sql(table) for table in COLUMNS}
+_UPGRADE: Final = [
+    *[POSTGRESQL.rollup_upsert(ROLLUPS[1], t, f"FROM {t} WHERE TRUE") for t in ROLLED_UP],
+    POSTGRESQL.unattributed_upsert("FROM provider_calls WHERE TRUE"),
+]
+
+
+def _exists(conn: psycopg.Connection[Any], table: str) -> bool:
+    return conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is not None  # type: ignore[index]
+
+
+_MOVES: Final = {table: _move_sql(table) for table in TABLES}
 _COPIES: Final = {
-    table: f"COPY {_stage(table)} ({_columns(table)}) FROM STDIN" for table in COLUMNS
+    table: f"COPY {_stage(table)} ({POSTGRESQL.insert_columns(table)}) FROM STDIN"
+    for table in TABLES
 }
 
 
-class PostgresStore(ForkSafeConnections, EventQueries):
+class PostgresStore(StoreBase):
     """Backend (``write_batch``) and reader (`EventQueries`) for one PostgreSQL schema."""
+
+    dialect = POSTGRESQL
 
     def __init__(
         self,
@@ -213,7 +121,7 @@ class PostgresStore(ForkSafeConnections, EventQueries):
                 conn.execute("SET default_transaction_read_only = on")
                 missing = [
                     t
-                    for t in (*COLUMNS, "rollup_hourly")
+                    for t in _REQUIRED_TABLES
                     if conn.execute("SELECT to_regclass(%s)", (t,)).fetchone()[0] is None  # type: ignore[index]
                 ]
             except BaseException:
@@ -233,10 +141,16 @@ class PostgresStore(ForkSafeConnections, EventQueries):
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                 if self.schema:
                     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
-                for statement in _schema_sql():
+                upgrading = _exists(conn, "provider_calls") and not _exists(conn, "rollup_daily")
+                for statement in POSTGRESQL.schema():
                     conn.execute(statement)
+                if upgrading:
+                    # A store from before the daily and unattributed tiers: build them once
+                    # from the raw rows already stored.
+                    for statement in _UPGRADE:
+                        conn.execute(statement)
             if not autocommit:
-                for table in COLUMNS:
+                for table in TABLES:
                     conn.execute(
                         f"CREATE TEMP TABLE IF NOT EXISTS {_stage(table)}"
                         f" (LIKE {table}) ON COMMIT DELETE ROWS"
@@ -316,9 +230,9 @@ class PostgresStore(ForkSafeConnections, EventQueries):
             if reader is not None:
                 reader.close()
 
-    # -- reading (EventQueries) --------------------------------------------------------------
+    # -- reading (StoreBase) -----------------------------------------------------------------
 
-    def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    def _execute(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         import psycopg
 
         with self._read_lock:
@@ -331,26 +245,9 @@ class PostgresStore(ForkSafeConnections, EventQueries):
                 reader.close()
                 raise
 
-    def rollups(
-        self,
-        start: float,
-        end: float,
-        group_by: Sequence[str] = (),
-        where: Mapping[str, str | None] | None = None,
-    ) -> list[RollupRow]:
-        query = rollup_query(group_by, where, start, end, "%s", {})
-        return query.rows(self._fetch(query.sql, query.params), nanos=False)
-
-    def events_by_trace(self, trace_id: str) -> list[dict[str, Any]]:
-        found = [
-            rebuild(table, row[:-1], row[-1])
-            for table in COLUMNS
-            for row in self._fetch(read_sql(table, "%s"), [trace_id])
-        ]
-        return sorted(found, key=by_time)
-
-    def event_ids(self, kind: str | None = None) -> list[str]:
-        return [eid for (eid,) in self._fetch(event_ids_sql(kind), [])]
+    def _is_database_error(self, error: BaseException) -> bool:
+        # psycopg is optional: recognise its errors by module rather than importing it.
+        return isinstance(error, OSError) or type(error).__module__.startswith("psycopg")
 
 
 def _nul_free(rows: Rows) -> Rows:

@@ -1,0 +1,347 @@
+"""What the SQLite and PostgreSQL stores share: the query API over the generated SQL.
+
+A store subclass supplies a `Dialect`, a connection (``_execute``), and its write path; every
+read is written once here, with ``?`` placeholders and ``%`` for modulo, and adapted to the
+driver by the dialect.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any, Final
+
+from .api import (
+    DIMENSIONS,
+    TIME_DIMENSIONS,
+    EventQueries,
+    RollupRow,
+    StoreError,
+    TraceSpend,
+    TraceStep,
+    UnattributedCalls,
+)
+from .dialect import Dialect
+from .rows import by_time, rebuild
+from .tables import MEASURES, PRESENCE, TABLE_OF_KIND, TABLES
+
+__all__ = ["StoreBase", "one_line"]
+
+_DAY: Final = 86400
+_HOUR: Final = 3600
+_CHUNK: Final = 400  # trace ids per IN (...) query: well under SQLite's 32766 parameters
+#: Presence bits (`tables.PRESENCE`) by envelope field name.
+_BIT: Final = {("user" if c == "user_id" else c): 1 << i for i, c in enumerate(PRESENCE)}
+_FIELD_NAMES: Final = ("owner_team", "workflow_id", "feature", "tenant", "user")
+
+#: Connections inherited by a fork child: never used there and never closed there (closing one
+#: would end the parent's PostgreSQL session, or checkpoint / unlink a SQLite WAL), only kept
+#: from the garbage collector.
+_ABANDONED: list[object] = []
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+class StoreBase(EventQueries):
+    """The query API (`EventQueries`) on top of ``_execute``."""
+
+    dialect: Dialect
+    _conn: Any
+    _reader: Any
+    _lock: threading.Lock
+    _read_lock: threading.Lock
+
+    # -- what subclasses provide -------------------------------------------------------------
+
+    def _execute(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Run one read on the reader connection (``sql`` already in the driver's form)."""
+        raise NotImplementedError
+
+    def _is_database_error(self, error: BaseException) -> bool:
+        raise NotImplementedError
+
+    def _full_scan_hint(self, calls_in_range: int) -> str:
+        """The ``ts`` column as a range filter on provider_calls over ``calls_in_range`` rows
+        (a dialect may ask for a scan instead of an index walk)."""
+        return "ts"
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def __enter__(self) -> StoreBase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def after_fork_in_child(self) -> None:
+        _ABANDONED.extend(c for c in (self._conn, self._reader) if c is not None)
+        self._conn = self._reader = None
+        self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
+
+    def fetch(
+        self, sql: str, params: Sequence[Any] = (), *, what: str = "query the store"
+    ) -> list[tuple[Any, ...]]:
+        """Run ``sql`` (``?`` placeholders, ``%`` modulo); database errors as `StoreError`."""
+        try:
+            return self._execute(self.dialect.sql(sql), list(params))
+        except Exception as e:
+            if self._is_database_error(e):
+                raise StoreError(f"cannot {what}: {one_line(e)}") from e
+            raise
+
+    def _money(self, value: object) -> Decimal:
+        return self.dialect.to_money(value)
+
+    # -- rollups -----------------------------------------------------------------------------
+
+    def _tiers(self, start: float, end: float, by_hour: bool) -> list[tuple[str, int, int]]:
+        """(table, first bucket, end) parts covering the hours that start in [start, end):
+        whole days from the daily tier, the hours at either end from the hourly one."""
+        if end <= start:
+            return [("rollup_hourly", 0, 0)]
+        first = -(-_ceil(start) // _HOUR) * _HOUR  # hours are whole: h >= start <=> h >= ceil
+        last = -(-_ceil(end) // _HOUR) * _HOUR
+        if by_hour:
+            return [("rollup_hourly", first, last)]
+        day_first = -(-first // _DAY) * _DAY
+        day_last = last // _DAY * _DAY
+        if day_first >= day_last:
+            return [("rollup_hourly", first, last)]
+        parts = [("rollup_hourly", first, day_first), ("rollup_daily", day_first, day_last)]
+        parts.append(("rollup_hourly", day_last, last))
+        return [p for p in parts if p[1] < p[2]]
+
+    def rollups(
+        self,
+        start: float,
+        end: float,
+        group_by: Sequence[str] = (),
+        where: Mapping[str, str | None] | None = None,
+    ) -> list[RollupRow]:
+        group = tuple(dict.fromkeys(group_by))
+        for name in group:
+            if name not in DIMENSIONS and name not in TIME_DIMENSIONS:
+                raise ValueError(f"cannot group by {name!r}: use {DIMENSIONS + TIME_DIMENSIONS}")
+        if "hour" in group and "day" in group:
+            raise ValueError("group by hour or day, not both")
+        conditions: list[str] = []
+        filters: list[Any] = []
+        for name, value in (where or {}).items():
+            if name not in DIMENSIONS:
+                raise ValueError(f"cannot filter on {name!r}: use one of {DIMENSIONS}")
+            conditions.append(f"{name} = ?")
+            filters.append("" if value is None else value)
+        columns = self.dialect.measure_columns()
+        selects, params = [], []
+        for table, lo, hi in self._tiers(start, end, "hour" in group):
+            where_sql = " AND ".join(["hour >= ?", "hour < ?", *conditions])
+            selects.append(f"SELECT * FROM {table} WHERE {where_sql}")
+            params += [lo, hi, *filters]
+        source = selects[0] if len(selects) == 1 else " UNION ALL ".join(selects)
+        expressions = [f"(hour - hour % {_DAY})" if n == "day" else n for n in group]
+        sums = [f"sum({c})" for c in columns]
+        sql = f"SELECT {', '.join([*expressions, *sums])} FROM ({source}) AS r"
+        if expressions:
+            listed = ", ".join(expressions)
+            sql += f" GROUP BY {listed} ORDER BY {listed}"
+        # Without grouping: one row, even when nothing matched (NULL sums: zeros below).
+        return self._rollup_rows(group, self.fetch(sql, params, what="read rollups"))
+
+    def _rollup_rows(
+        self, group_by: Sequence[str], fetched: Sequence[Sequence[Any]]
+    ) -> list[RollupRow]:
+        width = len(group_by)
+        out = []
+        for record in fetched:
+            group: dict[str, str | int | None] = {}
+            for name, value in zip(group_by, record[:width], strict=True):
+                if name in TIME_DIMENSIONS:
+                    group[name] = int(value)
+                else:
+                    group[name] = value if value != "" else None
+            measures: dict[str, Any] = {}
+            for measure, value in zip(MEASURES, record[width:], strict=True):
+                if measure.kind == "money":
+                    measures[measure.name] = self._money(value)
+                else:
+                    measures[measure.name] = int(value or 0)
+            out.append(RollupRow(group=group, **measures))
+        return out
+
+    # -- events and traces -------------------------------------------------------------------
+
+    def _body(self, value: Any) -> dict[str, Any]:
+        if isinstance(value, dict):
+            return value
+        try:
+            decoded = json.loads(value)
+        except (TypeError, ValueError):
+            return {}
+        return decoded if isinstance(decoded, dict) else {}
+
+    def events_by_trace(self, trace_id: str) -> list[dict[str, Any]]:
+        found = []
+        for name, table in TABLES.items():
+            columns = ", ".join(c.name for c in table.read_columns)
+            rows = self.fetch(
+                f"SELECT {columns}, body FROM {name} WHERE trace_id = ?",
+                [trace_id],
+                what=f"read trace {trace_id}",
+            )
+            found += [rebuild(name, row[:-1], self._body(row[-1])) for row in rows]
+        return sorted(found, key=by_time)
+
+    def event_ids(self, kind: str | None = None) -> list[str]:
+        if kind is None:
+            sql = " UNION ALL ".join(f"SELECT event_id FROM {t}" for t in TABLES)
+        elif kind in TABLE_OF_KIND:
+            sql = f"SELECT event_id FROM {TABLE_OF_KIND[kind]}"
+        else:
+            raise ValueError(f"unknown kind {kind!r}: use one of {tuple(TABLE_OF_KIND)}")
+        return [str(eid) for (eid,) in self.fetch(sql)]
+
+    def trace_ids(self, prefix: str, limit: int = 11) -> list[str]:
+        # A range, not LIKE: both databases walk the trace_id index for it.
+        high = prefix + "g"  # above any hex digit
+        union = " UNION ".join(
+            f"SELECT trace_id FROM {t} WHERE trace_id >= ? AND trace_id < ?"
+            for t in ("requests", "provider_calls", "hops", "other_events")
+        )
+        rows = self.fetch(
+            f"SELECT trace_id FROM ({union}) AS found ORDER BY trace_id LIMIT {int(limit)}",
+            [prefix, high] * 4,
+        )
+        return [str(trace_id) for (trace_id,) in rows]
+
+    def extent(self) -> tuple[int, int] | None:
+        ((first, last),) = self.fetch("SELECT min(hour), max(hour) FROM rollup_hourly")
+        if first is None:
+            ((first, last),) = self.fetch("SELECT min(hour), max(hour) FROM hops")
+        return None if first is None else (int(first), int(last))
+
+    def unpriced_reasons(self, start: float, end: float) -> dict[str, int]:
+        stored = self.dialect.json_text("body", "unpriced_reason")
+        # For events stored before they said why: derived from the row.
+        reason = (
+            f"coalesce({stored}, CASE WHEN coalesce(status, '') <> 'ok' THEN 'failed attempt'"
+            " WHEN input_tokens IS NULL THEN 'no usage reported' ELSE 'unpriced' END)"
+        )
+        rows = self.fetch(
+            f"SELECT {reason} AS reason, count(*) FROM provider_calls"
+            f" WHERE {self.dialect.cost} IS NULL AND ts >= ? AND ts < ?"
+            " GROUP BY 1 ORDER BY 2 DESC, 1",
+            [start, end],
+        )
+        return {str(name): int(count) for name, count in rows}
+
+    def recent_traces(self, start: float, end: float, n: int) -> tuple[list[str], float]:
+        limit = max(64, n * 16)
+        while True:
+            rows = self.fetch(
+                "SELECT trace_id, ts FROM provider_calls WHERE ts >= ? AND ts < ?"
+                " AND trace_id IS NOT NULL ORDER BY ts DESC LIMIT ?",
+                (start, end, limit),
+            )
+            seen: dict[str, float] = {}
+            oldest = float(end)
+            for trace, ts in rows:
+                oldest = float(ts)
+                if trace not in seen:
+                    seen[trace] = float(ts)
+                    if len(seen) == n:
+                        return list(seen), oldest
+            if len(rows) < limit:
+                return list(seen), float(start) if not rows else oldest
+            limit *= 4
+
+    def untraced_calls(self, start: float, end: float) -> int:
+        ((count,),) = self.fetch(
+            "SELECT count(*) FROM provider_calls WHERE ts >= ? AND ts < ? AND trace_id IS NULL",
+            (start, end),
+        )
+        return int(count)
+
+    def unattributed_calls(
+        self, start: float, end: float, required: Sequence[str]
+    ) -> list[UnattributedCalls]:
+        mask = 0
+        for name in required:
+            mask |= _BIT[name]
+        (_, lo, hi), *_ = self._tiers(start, end, by_hour=True)
+        rows = self.fetch(
+            "SELECT trace_id, attribution, present, min(first_ts), sum(calls), sum(cost),"
+            " min(provider), min(model) FROM unattributed_hourly"
+            " WHERE hour >= ? AND hour < ? AND (attribution <> 'attributed' OR (present & ?) <> ?)"
+            " GROUP BY trace_id, attribution, present",
+            (lo, hi, mask, mask),
+        )
+        return [
+            UnattributedCalls(
+                trace_id=str(trace) or None,
+                attribution=str(attribution),
+                fields=frozenset(f for f in _FIELD_NAMES if int(present) & _BIT[f]),
+                first_ts=float(first_ts or 0),
+                calls=int(calls),
+                cost=self._money(cost),
+                provider=provider,
+                model=model,
+            )
+            for trace, attribution, present, first_ts, calls, cost, provider, model in rows
+        ]
+
+    def trace_steps(self, trace_ids: Sequence[str]) -> list[TraceStep]:
+        out: list[TraceStep] = []
+        ids = list(trace_ids)
+        for i in range(0, len(ids), _CHUNK):
+            chunk = ids[i : i + _CHUNK]
+            slots = ", ".join("?" * len(chunk))
+            rows = self.fetch(
+                "SELECT trace_id, ts, hop, unit, outcome, missing, owner_team, workflow_id,"
+                f" feature, tenant, user_id, 'hop' FROM hops WHERE trace_id IN ({slots})"
+                " UNION ALL SELECT trace_id, ts, 'http', route, outcome, missing, owner_team,"
+                " workflow_id, feature, tenant, user_id, 'request' FROM requests"
+                f" WHERE trace_id IN ({slots})",
+                chunk * 2,
+            )
+            for trace, ts, hop, unit, outcome, missing, *marks, kind in rows:
+                out.append(
+                    TraceStep(
+                        trace_id=str(trace),
+                        ts=float(ts or 0),
+                        kind=str(kind),
+                        hop=hop,
+                        unit=unit,
+                        outcome=outcome,
+                        missing=tuple(m for m in (missing or "").split(",") if m),
+                        fields=frozenset(n for n, v in zip(_FIELD_NAMES, marks, strict=True) if v),
+                    )
+                )
+        return out
+
+    def top_requests(self, start: float, end: float, n: int) -> list[TraceSpend]:
+        ((calls,),) = self.fetch(
+            "SELECT coalesce(sum(calls), 0) FROM rollup_hourly WHERE hour >= ? AND hour < ?",
+            (start - start % _HOUR, end),
+        )
+        ts = self._full_scan_hint(int(calls))
+        rows = self.fetch(
+            f"SELECT trace_id, sum({self.dialect.cost}) AS spend FROM provider_calls"
+            f" WHERE {ts} >= ? AND {ts} < ? AND trace_id IS NOT NULL"
+            " GROUP BY trace_id ORDER BY spend DESC, trace_id LIMIT ?",
+            (start, end, n),
+        )
+        return [TraceSpend(str(t), self._money(s)) for t, s in rows if s is not None]
+
+
+def _ceil(value: float) -> int:
+    whole = int(value)
+    return whole + 1 if whole < value else whole

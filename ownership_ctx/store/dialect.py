@@ -1,0 +1,281 @@
+"""SQL per dialect, generated from the table definitions (`ownership_ctx.store.tables`).
+
+A `Dialect` holds only what differs between SQLite and PostgreSQL: column types, the
+placeholder, how money is summed (integer nano-dollars on SQLite, exact NUMERIC on
+PostgreSQL), and the few spellings that differ. Every statement the stores run is built here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from decimal import Decimal
+from typing import Final
+
+from ownership_ctx.schema import money
+
+from .tables import (
+    DIMENSION_SOURCES,
+    DIMENSIONS,
+    MEASURES,
+    PRESENCE,
+    REQUEST_DIMENSIONS,
+    ROLLUPS,
+    TABLES,
+    UNATTRIBUTED,
+    ColumnKind,
+    Rollup,
+)
+
+__all__ = ["POSTGRESQL", "SQLITE", "Dialect"]
+
+_UNATTRIBUTED_KEYS: Final = ("hour", "trace_id", "attribution", "present")
+_UNATTRIBUTED_MEASURES: Final = ("calls", "cost", "first_ts", "provider", "model")
+
+
+@dataclasses.dataclass(frozen=True)
+class Dialect:
+    name: str
+    mark: str  # the driver's placeholder
+    types: dict[ColumnKind, str]
+    integer: str  # the type of counters and keys
+    #: Money in rollups: integer nano-dollars (SQLite, which has no decimal type: a float sum
+    #: would drift) or exact NUMERIC.
+    nanos: bool
+    excluded: str  # how an upsert names the proposed row
+    least: str  # the two-argument minimum
+    keyed_table_suffix: str  # for tables with a primary key and no other use for a rowid
+
+    # -- names -------------------------------------------------------------------------------
+
+    def money_column(self, measure: str) -> str:
+        """A money measure's rollup column (``cost_nanousd`` on SQLite, ``cost`` here)."""
+        return f"{measure}_nanousd" if self.nanos else measure
+
+    def measure_columns(self) -> tuple[str, ...]:
+        return tuple(self.money_column(m.name) if m.kind == "money" else m.name for m in MEASURES)
+
+    @property
+    def cost(self) -> str:
+        """The summable cost column of a provider_calls row."""
+        return "cost_nanousd" if self.nanos else "cost"
+
+    @property
+    def cost_avoided(self) -> str:
+        return "cost_avoided_nanousd" if self.nanos else "cost_avoided"
+
+    def to_money(self, value: object) -> Decimal:
+        """A summed money column as exact dollars (None -> 0)."""
+        return money.from_nanos(value) if self.nanos else money.from_sum(value)
+
+    def sql(self, text: str) -> str:
+        """``text``, written with ``?`` placeholders and ``%`` for modulo, as this driver takes
+        it with parameters (psycopg: ``%s``, and ``%%`` for a literal ``%``). Statements run
+        without parameters are sent as written."""
+        if self.mark == "?":
+            return text
+        return text.replace("%", "%%").replace("?", self.mark)
+
+    # -- DDL ---------------------------------------------------------------------------------
+
+    def rollup_ddl(self, rollup: Rollup) -> str:
+        dims = ", ".join(f"{d} TEXT NOT NULL" for d in DIMENSIONS)
+        measures = ", ".join(
+            f"{column} "
+            + (self.types["cost"] if m.kind == "money" and not self.nanos else self.integer)
+            + " NOT NULL DEFAULT 0"
+            for m, column in zip(MEASURES, self.measure_columns(), strict=True)
+        )
+        keys = ", ".join(("hour", *DIMENSIONS))
+        tail = self.keyed_table_suffix
+        return (
+            f"CREATE TABLE IF NOT EXISTS {rollup.name} (hour {self.integer} NOT NULL, {dims},"
+            f" {measures}, PRIMARY KEY ({keys})){tail}"
+        )
+
+    def unattributed_ddl(self) -> str:
+        cost = self.integer if self.nanos else self.types["cost"]
+        tail = self.keyed_table_suffix
+        return (
+            f"CREATE TABLE IF NOT EXISTS unattributed_hourly (hour {self.integer} NOT NULL,"
+            " trace_id TEXT NOT NULL, attribution TEXT NOT NULL,"
+            f" present {self.integer} NOT NULL, calls {self.integer} NOT NULL,"
+            f" cost {cost}, first_ts {self.types['real']} NOT NULL, provider TEXT, model TEXT,"
+            f" PRIMARY KEY (hour, trace_id, attribution, present)){tail}"
+        )
+
+    # -- the write path: rollups of the rows just inserted ---------------------------------
+
+    def rollup_upsert(self, rollup: Rollup, table: str, source: str) -> str:
+        """Aggregate the rows of ``table`` read from ``source`` (``FROM ...``: the rows this
+        transaction inserted) into ``rollup``, adding to existing buckets."""
+        if table == "provider_calls":
+            dims = [f"coalesce({DIMENSION_SOURCES[d]}, '')" for d in DIMENSIONS]
+            values = [m.calls for m in MEASURES]
+        else:
+            dims = [f"coalesce({d}, '')" if d in REQUEST_DIMENSIONS else "''" for d in DIMENSIONS]
+            values = [m.requests for m in MEASURES]
+        values = [v.format(cost=self.cost, cost_avoided=self.cost_avoided) for v in values]
+        bucket = "hour" if rollup.bucket == 3600 else f"(hour - hour % {rollup.bucket})"
+        columns = self.measure_columns()
+        keys = ("hour", *DIMENSIONS)
+        positions = ", ".join(str(i) for i in range(1, len(keys) + 1))
+        update = ", ".join(f"{c} = {rollup.name}.{c} + {self.excluded}.{c}" for c in columns)
+        # Key order: hosts updating the same buckets concurrently queue on row locks instead
+        # of deadlocking (PostgreSQL).
+        return (
+            f"INSERT INTO {rollup.name} ({', '.join((*keys, *columns))})"
+            f" SELECT {', '.join((bucket, *dims, *values))} {source}"
+            f" GROUP BY {positions} ORDER BY {positions}"
+            f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {update}"
+        )
+
+    def presence(self) -> str:
+        """The bit pattern of the ownership fields a provider_calls row carries."""
+        return " + ".join(
+            f"CASE WHEN coalesce({c}, '') = '' THEN 0 ELSE {1 << i} END"
+            for i, c in enumerate(PRESENCE)
+        )
+
+    def unattributed_select(self, source: str) -> str:
+        """Unattributed calls per hour x trace x attribution x presence, from ``source``
+        (``FROM ... WHERE ...``, ending in a WHERE clause)."""
+        return (
+            f"SELECT hour, coalesce(trace_id, ''), coalesce(attribution, ''), {self.presence()},"
+            f" count(*), sum({self.cost}), min(ts), min(provider),"
+            f" min(coalesce(response_model, request_model)) {source} AND {UNATTRIBUTED}"
+            " GROUP BY 1, 2, 3, 4"
+        )
+
+    def unattributed_upsert(self, source: str) -> str:
+        least = self.least
+        x = self.excluded
+        t = "unattributed_hourly"
+        # A NULL sum (every call unpriced) stays NULL until a priced call adds to it.
+        cost = (
+            f"CASE WHEN {t}.cost IS NULL THEN {x}.cost WHEN {x}.cost IS NULL THEN {t}.cost"
+            f" ELSE {t}.cost + {x}.cost END"
+        )
+        return (
+            f"INSERT INTO {t} ({', '.join((*_UNATTRIBUTED_KEYS, *_UNATTRIBUTED_MEASURES))})"
+            f" {self.unattributed_select(source)} ORDER BY 1, 2, 3, 4"
+            f" ON CONFLICT ({', '.join(_UNATTRIBUTED_KEYS)}) DO UPDATE SET"
+            f" calls = {t}.calls + {x}.calls, cost = {cost},"
+            f" first_ts = {least}({t}.first_ts, {x}.first_ts),"
+            f" provider = {self._least_text(t, x, 'provider')},"
+            f" model = {self._least_text(t, x, 'model')}"
+        )
+
+    def _least_text(self, table: str, proposed: str, column: str) -> str:
+        # The smaller of two values, either of which may be NULL (SQLite's min() is then NULL).
+        a, b = f"{table}.{column}", f"{proposed}.{column}"
+        return f"coalesce({self.least}({a}, {b}), {a}, {b})"
+
+    def insert_columns(self, table: str) -> str:
+        return ", ".join(TABLES[table].names)
+
+    # -- what differs beyond names ----------------------------------------------------------
+
+    def raw_table_ddl(self, table: str) -> list[str]:
+        """CREATE statements of one raw table, its indexes and its ``<table>_json`` view."""
+        raise NotImplementedError
+
+    def json_text(self, column: str, key: str) -> str:
+        """A top-level key of a JSON column as text."""
+        raise NotImplementedError
+
+    def schema(self) -> list[str]:
+        """Every CREATE statement of the store, in order."""
+        statements = []
+        for table in TABLES:
+            statements += self.raw_table_ddl(table)
+        statements += [self.rollup_ddl(r) for r in ROLLUPS]
+        statements.append(self.unattributed_ddl())
+        return statements
+
+
+_JSON_BOOL: Final = "json(CASE WHEN {c} IS NULL THEN 'null' WHEN {c} THEN 'true' ELSE 'false' END)"
+
+
+@dataclasses.dataclass(frozen=True)
+class _SQLite(Dialect):
+    def raw_table_ddl(self, table: str) -> list[str]:
+        t = TABLES[table]
+        body = ", ".join(f"{c.name} {self.types[c.kind]}" for c in t.columns)
+        pairs = ", ".join(
+            f"'{c.key}', " + (_JSON_BOOL.format(c=c.name) if c.kind == "bool" else c.name)
+            for c in t.read_columns
+        )
+        return [
+            f"CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY, {body})",
+            f"CREATE UNIQUE INDEX IF NOT EXISTS {table}_event_id ON {table} (event_id)",
+            f"CREATE INDEX IF NOT EXISTS {table}_trace ON {table} (trace_id)",
+            f"CREATE INDEX IF NOT EXISTS {table}_ts ON {table} (ts)",
+            f"CREATE VIEW IF NOT EXISTS {table}_json AS SELECT id, event_id, ts, trace_id,"
+            f" json_patch(json_object({pairs}), body) AS event FROM {table}",
+        ]
+
+    def json_text(self, column: str, key: str) -> str:
+        return f"json_extract({column}, '$.{key}')"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Postgres(Dialect):
+    def raw_table_ddl(self, table: str) -> list[str]:
+        t = TABLES[table]
+        body = ", ".join(
+            f"{c.name} {self.types[c.kind]}" + (" PRIMARY KEY" if c.name == "event_id" else "")
+            for c in t.columns
+        )
+        pairs = ", ".join(
+            f"'{c.key}', " + (f"{c.name}::text" if c.kind == "cost" else c.name)
+            for c in t.read_columns
+        )
+        return [
+            f"CREATE TABLE IF NOT EXISTS {table} ({body})",
+            f"CREATE INDEX IF NOT EXISTS {table}_trace ON {table} (trace_id)",
+            f"CREATE INDEX IF NOT EXISTS {table}_ts ON {table} (ts)",
+            # The whole event as JSON for SQL users (the body holds only what has no column).
+            f"CREATE OR REPLACE VIEW {table}_json AS SELECT event_id, ts, trace_id,"
+            f" jsonb_strip_nulls(jsonb_build_object({pairs})) || body AS event FROM {table}",
+        ]
+
+    def json_text(self, column: str, key: str) -> str:
+        return f"{column}->>'{key}'"
+
+
+SQLITE: Final[Dialect] = _SQLite(
+    name="sqlite",
+    mark="?",
+    types={
+        "text": "TEXT",
+        "int": "INTEGER",
+        "real": "REAL",
+        "bool": "INTEGER",
+        "cost": "TEXT",
+        "nanos": "INTEGER",
+        "json": "TEXT",
+    },
+    integer="INTEGER",
+    nanos=True,
+    excluded="excluded",
+    least="min",
+    keyed_table_suffix=" WITHOUT ROWID",
+)
+POSTGRESQL: Final[Dialect] = _Postgres(
+    name="postgresql",
+    mark="%s",
+    types={
+        "text": "TEXT",
+        "int": "BIGINT",
+        "real": "DOUBLE PRECISION",
+        "bool": "BOOLEAN",
+        "cost": "NUMERIC",
+        "nanos": "BIGINT",
+        "json": "JSONB",
+    },
+    integer="BIGINT",
+    nanos=False,
+    excluded="EXCLUDED",
+    least="least",
+    keyed_table_suffix="",
+)

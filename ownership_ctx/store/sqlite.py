@@ -1,0 +1,244 @@
+"""The default event store: one SQLite file (stdlib ``sqlite3``), safe for several processes.
+
+Tables and rollups: `ownership_ctx.store.tables`. Costs: raw rows keep the event's exact
+decimal string (``cost``) plus ``cost_nanousd``, the cost in integer billionths of a dollar
+(rounded half-even), which the rollups sum exactly (SQLite has no decimal type; a float sum
+would drift). The query API returns `Decimal`.
+
+Concurrency: WAL journal, ``BEGIN IMMEDIATE`` per batch, a busy timeout; every process (a
+prefork child, an ASGI server) opens its own connection. A batch that still finds the
+database locked, read-only or failing raises, and the pipeline spools it and retries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Literal
+from urllib.parse import quote
+
+from .base import StoreBase
+from .dialect import SQLITE
+from .rows import Rows, split_rows
+from .tables import ROLLED_UP, ROLLUPS, TABLES
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+#: ``PRAGMA user_version`` of the current layout. 1: raw tables and rollup_hourly;
+#: 2: + rollup_daily and unattributed_hourly (built from the older tables on upgrade).
+SCHEMA_VERSION: Final = 2
+
+_INSERTS: Final = {
+    table: f"INSERT OR IGNORE INTO {table} ({SQLITE.insert_columns(table)})"
+    f" VALUES ({', '.join('?' * len(TABLES[table].columns))})"
+    for table in TABLES
+}
+#: Per rolled-up table: the statements that roll up the rows this transaction inserted
+#: (``id > ?``: new rows get ids above the maximum before the transaction).
+_ROLLUPS: Final = {
+    table: [SQLITE.rollup_upsert(r, table, f"FROM {table} WHERE id > ?") for r in ROLLUPS]
+    + (
+        [SQLITE.unattributed_upsert(f"FROM {table} WHERE id > ?")]
+        if table == "provider_calls"
+        else []
+    )
+    for table in ROLLED_UP
+}
+_UPGRADE_2: Final = [
+    *[SQLITE.rollup_upsert(ROLLUPS[1], t, f"FROM {t} WHERE id > ?") for t in ROLLED_UP],
+    SQLITE.unattributed_upsert("FROM provider_calls WHERE id > ?"),
+]
+_DATA_ERRORS: Final = (
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    sqlite3.IntegrityError,
+    OverflowError,
+    TypeError,
+    ValueError,
+)
+
+
+class SQLiteStore(StoreBase):
+    """Backend (``write_batch``) and reader (`EventQueries`) for one SQLite file."""
+
+    dialect = SQLITE
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = 5.0,
+        cache_mb: int = 32,
+        synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL",
+        readonly: bool = False,
+    ) -> None:
+        self.path = os.fspath(path)
+        # A read-only store (reports) opens the file with mode=ro: it never creates the file,
+        # its tables, or a WAL; writing through it raises.
+        self.readonly = readonly
+        self.busy_timeout = busy_timeout
+        self.cache_mb = cache_mb
+        self.synchronous = synchronous
+        self._conn: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            return self._connect_readonly()
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL: a commit survives the process dying; a power cut may lose the
+            # last transactions (FULL fsyncs every commit instead).
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute(f"PRAGMA cache_size=-{int(self.cache_mb) * 1024}")
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version < SCHEMA_VERSION:
+                self._create(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _create(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()  # under the lock now
+            if version < SCHEMA_VERSION:
+                for statement in SQLITE.schema():
+                    conn.execute(statement)
+                if version == 1:
+                    # Tiers added in version 2: built once from the raw rows already stored.
+                    for statement in _UPGRADE_2:
+                        conn.execute(statement, (0,))
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        if not os.path.isfile(self.path):
+            raise FileNotFoundError(f"no event store at {self.path!r}")
+        uri = f"file:{quote(os.path.abspath(self.path))}?mode=ro"
+        conn = sqlite3.connect(
+            uri, uri=True, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            names = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        missing = [t for t in (*TABLES, "rollup_hourly") if t not in names]
+        if missing:
+            conn.close()
+            raise sqlite3.OperationalError(
+                f"{self.path!r} is not an ownership_ctx event store (no table {missing[0]})"
+            )
+        if version < SCHEMA_VERSION:
+            conn.close()
+            raise sqlite3.OperationalError(
+                f"{self.path!r} was written by an older ownership_ctx: open it once for writing"
+                " (any application with sinks.install) to upgrade it"
+            )
+        return conn
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def write_batch(self, events: list[Mapping[str, Any]]) -> None:
+        """Insert the batch (ignoring event ids already stored) and roll it up, atomically.
+
+        Raises on operational errors (locked, read-only, I/O): the pipeline spools and retries.
+        An empty batch only checks the database can be opened.
+        """
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                conn = self._conn = self._connect()
+            if not events:
+                return
+            try:
+                try:
+                    self._insert(conn, split_rows(events))
+                except _DATA_ERRORS:
+                    # One odd value (a list where a number belongs, an int beyond 64 bits)
+                    # must not hold back its batch: coerce everything and try once more.
+                    self._insert(conn, split_rows(events, sanitize=True))
+            except sqlite3.Error:
+                # After an I/O or read-only error SQLite may keep the file read-only: start
+                # from a fresh connection on the next try.
+                self._drop_connection()
+                raise
+
+    def _insert(self, conn: sqlite3.Connection, rows: Rows) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table, table_rows in rows.items():
+                if not table_rows:
+                    continue
+                rollups = _ROLLUPS.get(table)
+                if rollups:
+                    # New rows get ids above the current maximum: the rows this transaction
+                    # inserted, and only those.
+                    (before,) = conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()
+                conn.executemany(_INSERTS[table], table_rows)
+                for statement in rollups or ():
+                    conn.execute(statement, (before,))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    self._drop_connection()
+            raise
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_connection()
+        with self._read_lock:
+            reader, self._reader = self._reader, None
+            if reader is not None:
+                reader.close()
+
+    # -- reading (StoreBase) -----------------------------------------------------------------
+
+    def _execute(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self._read_lock:
+            if self._reader is None:
+                self._reader = self._connect()
+            try:
+                return self._reader.execute(sql, params).fetchall()
+            except sqlite3.Error:
+                reader, self._reader = self._reader, None
+                reader.close()
+                raise
+
+    def _is_database_error(self, error: BaseException) -> bool:
+        return isinstance(error, (sqlite3.Error, OSError))
+
+    def _full_scan_hint(self, calls_in_range: int) -> str:
+        # SQLite walks the ``ts`` index for any range, fetching rows one by one; over most of
+        # the table a plain scan is ~4x faster, and ``+ts`` (no index) makes it scan.
+        ((rows,),) = self.fetch("SELECT coalesce(max(id), 0) FROM provider_calls")
+        return "+ts" if calls_in_range * 4 >= int(rows) else "ts"
