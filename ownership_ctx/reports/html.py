@@ -530,20 +530,29 @@ def _rows_table(
 def _quality(report: HtmlReport, money: _Money) -> str:
     """What the spend figures estimate or leave out, each apart."""
     total = report.by_team.total
-    reasons = dict(report.by_team.unpriced_reasons)
-    failed = reasons.pop("failed attempt", 0)
+    reported = total.spend - total.estimated_spend
     rows = [
-        f"<tr><td>reported or priced from reported usage</td>{money.cell(total.spend)}"
-        f"{_td(_int(total.calls))}<td>in every figure above</td></tr>",
+        f"<tr><td>priced from reported usage</td>{money.cell(reported)}"
+        f"{_td(_int(total.calls - total.estimated_calls))}<td>in every figure above</td></tr>",
+        f"<tr><td>estimated</td>{money.cell(total.estimated_spend)}"
+        f"{_td(_int(total.estimated_calls))}<td>in the figures above: streams the caller"
+        " cancelled, usage estimated from the prompt and the text streamed</td></tr>",
     ]
+    reasons = report.by_team.unpriced_reasons
     for reason, count in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])):
         rows.append(
             f"<tr><td>no price: {_e(reason)}</td>{_td('unknown')}{_td(_int(count))}"
             "<td>not in the figures: tokens counted, cost unknown</td></tr>"
         )
     rows.append(
-        f"<tr><td>failed attempts</td>{money.cell(Decimal(0))}{_td(_int(failed))}"
-        "<td>free: no usage reported</td></tr>"
+        f"<tr><td>failed attempts</td>{money.cell(Decimal(0))}{_td(_int(total.failed_attempts))}"
+        "<td>free: no usage reported; not calls</td></tr>"
+    )
+    rows.append(
+        f"<tr><td>avoided by application cache hits</td>{money.cell(total.cost_avoided)}"
+        f"{_td(_int(total.app_cache_hits))}<td>not spent: not calls, not tokens consumed"
+        f" ({_int(total.avoided_input_tokens)} input and {_int(total.avoided_output_tokens)}"
+        " output tokens avoided)</td></tr>"
     )
     return _table(["spend", "USD", "calls", "how it counts"], rows)
 
@@ -637,29 +646,31 @@ def _tiles(report: HtmlReport, money: _Money) -> str:
     total = report.by_team.total
     cov = report.coverage
     share_class = "bad" if cov.share > report.threshold else "good"
-    reasons = report.by_team.unpriced_reasons
-    failed = reasons.get("failed attempt", 0)
-    unpriced = total.unpriced_calls - failed
     per = "-" if total.cost_per_request is None else money.text(total.cost_per_request)
     tiles = [
-        ("spend", f"{money.text(total.spend)} USD", f"{_int(total.calls)} provider calls"),
-        ("requests", _int(total.requests), f"{per} USD per request"),
+        ("spend", _e(f"{money.text(total.spend)} USD"), f"{_int(total.calls)} provider calls"),
+        ("requests", _e(_int(total.requests)), f"user actions · {per} USD each"),
         (
             "unattributed",
-            f'<span class="{share_class}">{_pct(cov.share)}</span>',
+            f'<span class="{share_class}">{_e(_pct(cov.share))}</span>',
             f"threshold {_pct(report.threshold, '0.1')}",
         ),
-        ("without a price", _int(unpriced), f"calls; {_int(failed)} failed attempts (free)"),
+        (
+            "estimated",
+            _e(f"{money.text(total.estimated_spend)} USD"),
+            f"{_int(total.estimated_calls)} cancelled stream(s), in the spend",
+        ),
+        (
+            "without a price",
+            _e(_int(total.unpriced_calls)),
+            f"calls; {_int(total.failed_attempts)} failed attempts (free)",
+        ),
     ]
-    return (
-        '<div class="tiles">'
-        + "".join(
-            f'<div class="tile">{_e(name)}<b>{value if name == "unattributed" else _e(value)}</b>'
-            f"<small>{_e(note)}</small></div>"
-            for name, value, note in tiles
-        )
-        + "</div>"
+    cells = "".join(
+        f'<div class="tile">{_e(name)}<b>{value}</b><small>{_e(note)}</small></div>'
+        for name, value, note in tiles
     )
+    return f'<div class="tiles">{cells}</div>'
 
 
 def render_html(report: HtmlReport) -> str:

@@ -37,9 +37,12 @@ __all__ = [
     "UnattributedCalls",
 ]
 
-#: Summed per bucket. ``calls`` counts provider_call events (every attempt), ``requests``
-#: request events; ``retries`` attempts > 1; ``fallbacks`` calls standing in for a failed
-#: model; ``unattributed_cost`` the cost of calls without an owner team or not "attributed".
+#: Summed per bucket (see `ownership_ctx.store.tables.MEASURES`). ``calls`` counts provider
+#: calls made (not application cache hits, not failed attempts without usage: those are
+#: ``app_cache_hits`` and ``failed_attempts``), ``requests`` request events, ``user_actions``
+#: traces (their first request event); ``retries`` attempts > 1; ``fallbacks`` calls standing
+#: in for a failed model; ``unattributed_cost`` the cost of calls without an owner team or not
+#: "attributed"; ``estimated_*`` calls whose usage is estimated (cancelled streams).
 MEASURES = MEASURE_NAMES
 
 
@@ -67,6 +70,12 @@ class RollupRow:
     cost: Decimal = Decimal(0)
     unattributed_cost: Decimal = Decimal(0)
     cost_avoided: Decimal = Decimal(0)
+    user_actions: int = 0
+    failed_attempts: int = 0
+    avoided_input_tokens: int = 0
+    avoided_output_tokens: int = 0
+    estimated_calls: int = 0
+    estimated_cost: Decimal = Decimal(0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -114,7 +114,15 @@ class Dialect:
         else:
             dims = [f"coalesce({d}, '')" if d in REQUEST_DIMENSIONS else "''" for d in DIMENSIONS]
             values = [m.requests for m in MEASURES]
-        values = [v.format(cost=self.cost, cost_avoided=self.cost_avoided) for v in values]
+        row = source.split()[1]  # "FROM <table or CTE> ...": the rows' name in the query
+        values = [
+            v.format(
+                cost=self.cost,
+                cost_avoided=self.cost_avoided,
+                first_of_trace=self.first_of_trace(row),
+            )
+            for v in values
+        ]
         bucket = "hour" if rollup.bucket == 3600 else f"(hour - hour % {rollup.bucket})"
         columns = self.measure_columns()
         keys = ("hour", *DIMENSIONS)
@@ -127,6 +135,14 @@ class Dialect:
             f" SELECT {', '.join((bucket, *dims, *values))} {source}"
             f" GROUP BY {positions} ORDER BY {positions}"
             f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {update}"
+        )
+
+    def first_of_trace(self, row: str) -> str:
+        """True for a requests row (named ``row`` in the query) stored before any other of
+        its trace: SQLite's rowids are in insertion order."""
+        return (
+            f"NOT EXISTS (SELECT 1 FROM requests p WHERE p.trace_id = {row}.trace_id"
+            f" AND p.id < {row}.id)"
         )
 
     def presence(self) -> str:
@@ -241,6 +257,21 @@ class _Postgres(Dialect):
 
     def json_text(self, column: str, key: str) -> str:
         return f"{column}->>'{key}'"
+
+    def first_of_trace(self, row: str) -> str:
+        """No rowids here: a row of this batch (the ``inserted`` CTE, whose rows the table does
+        not show yet) is first when no stored row has its trace and no row of the batch with
+        a smaller event id does; over the stored table (an upgrade), by event id."""
+        if row == "requests":
+            return (
+                "NOT EXISTS (SELECT 1 FROM requests p WHERE p.trace_id = requests.trace_id"
+                " AND p.event_id < requests.event_id)"
+            )
+        return (
+            f"NOT EXISTS (SELECT 1 FROM requests p WHERE p.trace_id = {row}.trace_id)"
+            f" AND NOT EXISTS (SELECT 1 FROM {row} q WHERE q.trace_id = {row}.trace_id"
+            f" AND q.event_id < {row}.event_id)"
+        )
 
 
 SQLITE: Final[Dialect] = _SQLite(

@@ -56,10 +56,20 @@ def _move_sql(table: str) -> str:
     return f"WITH {', '.join(steps)} SELECT 1"
 
 
-_UPGRADE: Final = [
-    *[POSTGRESQL.rollup_upsert(ROLLUPS[1], t, f"FROM {t} WHERE TRUE") for t in ROLLED_UP],
-    POSTGRESQL.unattributed_upsert("FROM provider_calls WHERE TRUE"),
+_UPGRADE: Final = [POSTGRESQL.unattributed_upsert("FROM provider_calls WHERE TRUE")]
+#: Rollups from before they measured user actions, failed attempts, avoided and estimated
+#: usage (and counted cache hits as calls): dropped and rebuilt from the raw rows.
+_REBUILD: Final = [
+    POSTGRESQL.rollup_upsert(r, t, f"FROM {t} WHERE TRUE") for r in ROLLUPS for t in ROLLED_UP
 ]
+
+
+def _outdated_rollups(conn: psycopg.Connection[Any]) -> bool:
+    found = conn.execute(
+        "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
+        " AND table_name = 'rollup_hourly' AND column_name = 'user_actions'"
+    ).fetchone()
+    return _exists(conn, "rollup_hourly") and found is None
 
 
 def _exists(conn: psycopg.Connection[Any], table: str) -> bool:
@@ -142,12 +152,15 @@ class PostgresStore(StoreBase):
                 if self.schema:
                     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
                 upgrading = _exists(conn, "provider_calls") and not _exists(conn, "rollup_daily")
+                rebuild = upgrading or _outdated_rollups(conn)
+                if rebuild:
+                    for rollup in ROLLUPS:
+                        conn.execute(f"DROP TABLE IF EXISTS {rollup.name}")
                 for statement in POSTGRESQL.schema():
                     conn.execute(statement)
-                if upgrading:
-                    # A store from before the daily and unattributed tiers: build them once
-                    # from the raw rows already stored.
-                    for statement in _UPGRADE:
+                if rebuild:
+                    # Built once from the raw rows already stored.
+                    for statement in _REBUILD + (_UPGRADE if upgrading else []):
                         conn.execute(statement)
             if not autocommit:
                 for table in TABLES:

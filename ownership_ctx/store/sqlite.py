@@ -28,8 +28,10 @@ from .tables import ROLLED_UP, ROLLUPS, TABLES
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 #: ``PRAGMA user_version`` of the current layout. 1: raw tables and rollup_hourly;
-#: 2: + rollup_daily and unattributed_hourly (built from the older tables on upgrade).
-SCHEMA_VERSION: Final = 2
+#: 2: + rollup_daily and unattributed_hourly (built from the older tables on upgrade);
+#: 3: rollups measure user actions, failed attempts, avoided and estimated usage, and calls
+#: without cache hits (both tiers rebuilt from the raw rows on upgrade).
+SCHEMA_VERSION: Final = 3
 
 _INSERTS: Final = {
     table: f"INSERT OR IGNORE INTO {table} ({SQLITE.insert_columns(table)})"
@@ -47,9 +49,10 @@ _ROLLUPS: Final = {
     )
     for table in ROLLED_UP
 }
-_UPGRADE_2: Final = [
-    *[SQLITE.rollup_upsert(ROLLUPS[1], t, f"FROM {t} WHERE id > ?") for t in ROLLED_UP],
-    SQLITE.unattributed_upsert("FROM provider_calls WHERE id > ?"),
+_UPGRADE_2: Final = [SQLITE.unattributed_upsert("FROM provider_calls WHERE id > ?")]
+#: Version 3 changed what rollups measure: every tier is dropped and rebuilt from raw rows.
+_REBUILD_3: Final = [
+    SQLITE.rollup_upsert(r, t, f"FROM {t} WHERE id > ?") for r in ROLLUPS for t in ROLLED_UP
 ]
 _DATA_ERRORS: Final = (
     sqlite3.InterfaceError,
@@ -117,11 +120,14 @@ class SQLiteStore(StoreBase):
         try:
             (version,) = conn.execute("PRAGMA user_version").fetchone()  # under the lock now
             if version < SCHEMA_VERSION:
+                if version > 0:
+                    for rollup in ROLLUPS:
+                        conn.execute(f"DROP TABLE IF EXISTS {rollup.name}")
                 for statement in SQLITE.schema():
                     conn.execute(statement)
-                if version == 1:
-                    # Tiers added in version 2: built once from the raw rows already stored.
-                    for statement in _UPGRADE_2:
+                if version > 0:
+                    # Built once from the raw rows already stored.
+                    for statement in _REBUILD_3 + (_UPGRADE_2 if version == 1 else []):
                         conn.execute(statement, (0,))
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
