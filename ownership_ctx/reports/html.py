@@ -533,7 +533,8 @@ def _quality(report: HtmlReport, money: _Money) -> str:
     reported = total.spend - total.estimated_spend
     rows = [
         f"<tr><td>priced from reported usage</td>{money.cell(reported)}"
-        f"{_td(_int(total.calls - total.estimated_calls))}<td>in every figure above</td></tr>",
+        f"{_td(_int(total.calls - total.estimated_calls - total.unpriced_calls))}"
+        "<td>in every figure above</td></tr>",
         f"<tr><td>estimated</td>{money.cell(total.estimated_spend)}"
         f"{_td(_int(total.estimated_calls))}<td>in the figures above: streams the caller"
         " cancelled, usage estimated from the prompt and the text streamed</td></tr>",

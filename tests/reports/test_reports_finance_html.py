@@ -148,6 +148,26 @@ def test_spend_matches_the_script(page: str) -> None:
     assert f"{TRUTH.spend:,f}".rstrip("0") in page.replace(",", "")
 
 
+def test_estimated_unpriced_failed_and_avoided_are_apart(page: str) -> None:
+    rows = {r[0][0]: r for r in tables(page)["Estimated, unpriced and failed"][1:]}
+    estimated = rows["estimated"]
+    assert (Decimal(estimated[1][1].split()[0]), estimated[2][0]) == (
+        TRUTH.estimated_spend,
+        str(TRUTH.estimated_calls),
+    )
+    reported = rows["priced from reported usage"]
+    assert Decimal(reported[1][1].split()[0]) == TRUTH.spend - TRUTH.estimated_spend
+    billed = sum(TRUTH.calls.values())
+    assert reported[2][0] == str(billed - TRUTH.estimated_calls - TRUTH.unpriced_calls)
+    assert rows["no price: unknown model"][2][0] == str(TRUTH.unpriced_calls)
+    assert rows["failed attempts"][2][0] == str(sum(TRUTH.failed_attempts.values()))
+    avoided = rows["avoided by application cache hits"]
+    assert Decimal(avoided[1][1].split()[0]) == TRUTH.cost_avoided
+    tiles = re.findall(r'<div class="tile">(\w[^<]*)<b>(.*?)</b>', page)
+    assert ("requests", f"{sum(TRUTH.user_actions.values())}") in tiles
+    assert ("estimated", f"{TRUTH.estimated_spend:f}".ljust(8, "0") + " USD") in tiles
+
+
 def test_one_section_per_team_with_its_own_trend(page: str) -> None:
     sections = re.findall(r'<details class="team"[^>]*>(.*?)</details>', page, re.S)
     teams = [re.search(r"<summary><b>([^<]+)</b>", s).group(1) for s in sections]  # type: ignore[union-attr]
