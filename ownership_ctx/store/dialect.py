@@ -26,7 +26,16 @@ from .tables import (
     Rollup,
 )
 
-__all__ = ["POSTGRESQL", "SQLITE", "Dialect"]
+__all__ = ["FIRSTS", "POSTGRESQL", "SQLITE", "Dialect"]
+
+#: PostgreSQL: the requests rows a statement inserted (the ``inserted`` CTE, which the table
+#: does not show yet), each marked whether it is the first stored of its trace.
+FIRSTS: Final = (
+    "firsts AS (SELECT inserted.*, (inserted.trace_id IS NULL OR ("
+    "row_number() OVER (PARTITION BY inserted.trace_id ORDER BY inserted.event_id) = 1"
+    " AND NOT EXISTS (SELECT 1 FROM requests p WHERE p.trace_id = inserted.trace_id)))"
+    " AS first_of_trace FROM inserted)"
+)
 
 _UNATTRIBUTED_KEYS: Final = ("hour", "trace_id", "attribution", "present")
 _UNATTRIBUTED_MEASURES: Final = ("calls", "cost", "first_ts", "provider", "model")
@@ -259,18 +268,15 @@ class _Postgres(Dialect):
         return f"{column}->>'{key}'"
 
     def first_of_trace(self, row: str) -> str:
-        """No rowids here: a row of this batch (the ``inserted`` CTE, whose rows the table does
-        not show yet) is first when no stored row has its trace and no row of the batch with
-        a smaller event id does; over the stored table (an upgrade), by event id."""
-        if row == "requests":
-            return (
-                "NOT EXISTS (SELECT 1 FROM requests p WHERE p.trace_id = requests.trace_id"
-                " AND p.event_id < requests.event_id)"
-            )
+        """No rowids here. A batch's rows come from `FIRSTS` (the inserted rows, each marked
+        first when no stored row has its trace and it has the smallest event id of its trace
+        in the batch: a window, not a per-row search of the batch); over the stored table (an
+        upgrade), by event id."""
+        if row == "firsts":
+            return "firsts.first_of_trace"
         return (
-            f"NOT EXISTS (SELECT 1 FROM requests p WHERE p.trace_id = {row}.trace_id)"
-            f" AND NOT EXISTS (SELECT 1 FROM {row} q WHERE q.trace_id = {row}.trace_id"
-            f" AND q.event_id < {row}.event_id)"
+            f"NOT EXISTS (SELECT 1 FROM requests p WHERE p.trace_id = {row}.trace_id"
+            f" AND p.event_id < {row}.event_id)"
         )
 
 

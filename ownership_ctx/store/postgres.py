@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from .base import StoreBase
-from .dialect import POSTGRESQL
+from .dialect import FIRSTS, POSTGRESQL
 from .rows import Rows, split_rows
 from .tables import ROLLED_UP, ROLLUPS, TABLES
 
@@ -49,8 +49,12 @@ def _move_sql(table: str) -> str:
     if table not in ROLLED_UP:
         return insert
     steps = [f"inserted AS ({insert} RETURNING *)"]
+    rows = "FROM inserted"
+    if table == "requests":
+        steps.append(FIRSTS)  # which inserted rows start a trace (user actions)
+        rows = "FROM firsts"
     for i, rollup in enumerate(ROLLUPS):
-        steps.append(f"r{i} AS ({POSTGRESQL.rollup_upsert(rollup, table, 'FROM inserted')})")
+        steps.append(f"r{i} AS ({POSTGRESQL.rollup_upsert(rollup, table, rows)})")
     if table == "provider_calls":
         steps.append(f"u AS ({POSTGRESQL.unattributed_upsert('FROM inserted WHERE TRUE')})")
     return f"WITH {', '.join(steps)} SELECT 1"
