@@ -196,8 +196,14 @@ def _search(world: _World, i: int, week3: bool) -> None:
                 )
 
 
+#: The trace of the cancelled stream: its client sent a W3C traceparent (the edge keeps it).
+CANCELLED_TRACE = "c0ffee" + "0" * 25 + "1"
+
+
 def _support(world: _World, cancelled: bool = False) -> None:
     carrier = world.client("support", "tickets", "triage", "globex")
+    if cancelled:
+        carrier["traceparent"] = f"00-{CANCELLED_TRACE}-00f067aa0ba902b7-01"
     with world.edge(world.gateway, carrier, "/tickets"):
         if cancelled:
             world.cancelled_stream("claude-haiku-4-5", Usage(2000, 40))

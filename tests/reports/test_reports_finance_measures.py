@@ -15,7 +15,15 @@ from decimal import Decimal
 
 import pytest
 
-from ownership_ctx.reports import TimeRange, anomaly, chargeback, focus_csv, open_source
+from ownership_ctx.reports import (
+    TimeRange,
+    anomaly,
+    chargeback,
+    focus_csv,
+    open_source,
+    render,
+    trace_report,
+)
 from ownership_ctx.reports.chargeback import ChargebackRow
 from tests.reports import finance_traffic
 from tests.reports.finance_traffic import TRUTH, W02, W03, W04
@@ -91,6 +99,14 @@ def test_estimated_spend_is_shown_apart(teams: dict[str | None, ChargebackRow]) 
     )
     assert support.spend == TRUTH.spend_by_team["support"]  # estimated spend is spend
     assert teams["search"].estimated_spend == 0
+
+
+def test_the_trace_says_which_call_is_estimated(url: str) -> None:
+    with open_source(url) as source:
+        found = trace_report(source, finance_traffic.CANCELLED_TRACE)
+    (call,) = found.calls
+    assert (call.usage_status, call.cost) == ("estimated", TRUTH.estimated_spend)
+    assert "estimated: stream cancelled" in render(found.document(), "table")
 
 
 def test_focus_consumed_quantity_is_tokens_processed(url: str) -> None:
