@@ -105,9 +105,9 @@ class Dialect:
 
     # -- the write path: rollups of the rows just inserted ---------------------------------
 
-    def rollup_upsert(self, rollup: Rollup, table: str, source: str) -> str:
-        """Aggregate the rows of ``table`` read from ``source`` (``FROM ...``: the rows this
-        transaction inserted) into ``rollup``, adding to existing buckets."""
+    def delta_select(self, table: str, source: str) -> str:
+        """The rows of ``table`` read from ``source`` (``FROM ...``: the rows a transaction
+        inserted) aggregated per hour x dimensions: the rollup columns, in rollup order."""
         if table == "provider_calls":
             dims = [f"coalesce({DIMENSION_SOURCES[d]}, '')" for d in DIMENSIONS]
             values = [m.calls for m in MEASURES]
@@ -115,16 +115,29 @@ class Dialect:
             dims = [f"coalesce({d}, '')" if d in REQUEST_DIMENSIONS else "''" for d in DIMENSIONS]
             values = [m.requests for m in MEASURES]
         values = [v.format(cost=self.cost, cost_avoided=self.cost_avoided) for v in values]
-        bucket = "hour" if rollup.bucket == 3600 else f"(hour - hour % {rollup.bucket})"
+        named = [
+            f"{expression} AS {name}"
+            for expression, name in zip(
+                (*dims, *values), (*DIMENSIONS, *self.measure_columns()), strict=True
+            )
+        ]
+        positions = ", ".join(str(i) for i in range(1, len(DIMENSIONS) + 2))
+        return f"SELECT {', '.join(('hour', *named))} {source} GROUP BY {positions}"
+
+    def rollup_upsert(self, rollup: Rollup, delta: str) -> str:
+        """Add ``delta`` (a table or CTE of `delta_select` rows) to ``rollup``'s buckets.
+        Every measure is a sum, so a coarser tier sums the hourly delta."""
         columns = self.measure_columns()
         keys = ("hour", *DIMENSIONS)
+        bucket = "hour" if rollup.bucket == 3600 else f"(hour - hour % {rollup.bucket})"
+        sums = [f"sum({c})" for c in columns]
         positions = ", ".join(str(i) for i in range(1, len(keys) + 1))
         update = ", ".join(f"{c} = {rollup.name}.{c} + {self.excluded}.{c}" for c in columns)
         # Key order: hosts updating the same buckets concurrently queue on row locks instead
-        # of deadlocking (PostgreSQL).
+        # of deadlocking (PostgreSQL). "WHERE TRUE": SQLite's upsert after a SELECT needs one.
         return (
             f"INSERT INTO {rollup.name} ({', '.join((*keys, *columns))})"
-            f" SELECT {', '.join((bucket, *dims, *values))} {source}"
+            f" SELECT {', '.join((bucket, *DIMENSIONS, *sums))} FROM {delta} WHERE 1 = 1"
             f" GROUP BY {positions} ORDER BY {positions}"
             f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {update}"
         )

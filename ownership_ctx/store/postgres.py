@@ -48,16 +48,23 @@ def _move_sql(table: str) -> str:
     )
     if table not in ROLLED_UP:
         return insert
-    steps = [f"inserted AS ({insert} RETURNING *)"]
+    steps = [
+        f"inserted AS ({insert} RETURNING *)",
+        f"delta AS ({POSTGRESQL.delta_select(table, 'FROM inserted')})",
+    ]
     for i, rollup in enumerate(ROLLUPS):
-        steps.append(f"r{i} AS ({POSTGRESQL.rollup_upsert(rollup, table, 'FROM inserted')})")
+        steps.append(f"r{i} AS ({POSTGRESQL.rollup_upsert(rollup, 'delta')})")
     if table == "provider_calls":
         steps.append(f"u AS ({POSTGRESQL.unattributed_upsert('FROM inserted WHERE TRUE')})")
     return f"WITH {', '.join(steps)} SELECT 1"
 
 
 _UPGRADE: Final = [
-    *[POSTGRESQL.rollup_upsert(ROLLUPS[1], t, f"FROM {t} WHERE TRUE") for t in ROLLED_UP],
+    *[
+        f"WITH delta AS ({POSTGRESQL.delta_select(t, f'FROM {t}')})"
+        f" {POSTGRESQL.rollup_upsert(ROLLUPS[1], 'delta')}"
+        for t in ROLLED_UP
+    ],
     POSTGRESQL.unattributed_upsert("FROM provider_calls WHERE TRUE"),
 ]
 

@@ -17,6 +17,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final, Literal
 from urllib.parse import quote
 
@@ -37,20 +38,29 @@ _INSERTS: Final = {
     for table in TABLES
 }
 #: Per rolled-up table: the statements that roll up the rows this transaction inserted
-#: (``id > ?``: new rows get ids above the maximum before the transaction).
+#: (``id > ?``: new rows get ids above the maximum before the transaction): aggregate them
+#: once into a per-connection delta table, add the delta to every tier.
+_DELTA: Final = "temp.oc_delta"
 _ROLLUPS: Final = {
-    table: [SQLITE.rollup_upsert(r, table, f"FROM {table} WHERE id > ?") for r in ROLLUPS]
-    + (
-        [SQLITE.unattributed_upsert(f"FROM {table} WHERE id > ?")]
-        if table == "provider_calls"
-        else []
-    )
+    table: [
+        (f"DELETE FROM {_DELTA}", False),
+        (f"INSERT INTO {_DELTA} {SQLITE.delta_select(table, f'FROM {table} WHERE id > ?')}", True),
+        *[(SQLITE.rollup_upsert(r, _DELTA), False) for r in ROLLUPS],
+        *(
+            [(SQLITE.unattributed_upsert(f"FROM {table} WHERE id > ?"), True)]
+            if table == "provider_calls"
+            else []
+        ),
+    ]
     for table in ROLLED_UP
 }
 _UPGRADE_2: Final = [
-    *[SQLITE.rollup_upsert(ROLLUPS[1], t, f"FROM {t} WHERE id > ?") for t in ROLLED_UP],
-    SQLITE.unattributed_upsert("FROM provider_calls WHERE id > ?"),
+    step for table in ROLLED_UP for step in _ROLLUPS[table] if "rollup_hourly" not in step[0]
 ]
+#: Events converted to rows per step of a batch: the rows of one step are inserted by the
+#: store's inserter thread (SQLite works without the GIL) while the caller's thread converts
+#: the next step's events.
+_STEP: Final = 256
 _DATA_ERRORS: Final = (
     sqlite3.InterfaceError,
     sqlite3.ProgrammingError,
@@ -59,6 +69,16 @@ _DATA_ERRORS: Final = (
     TypeError,
     ValueError,
 )
+
+
+def _insert_rows(conn: sqlite3.Connection, rows: Rows) -> set[str]:
+    """Insert rows (in the caller's transaction); the tables that had rows."""
+    touched = set()
+    for table, table_rows in rows.items():
+        if table_rows:
+            conn.executemany(_INSERTS[table], table_rows)
+            touched.add(table)
+    return touched
 
 
 class SQLiteStore(StoreBase):
@@ -86,6 +106,7 @@ class SQLiteStore(StoreBase):
         self._reader: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
+        self._inserter: ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
@@ -107,6 +128,7 @@ class SQLiteStore(StoreBase):
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version < SCHEMA_VERSION:
                 self._create(conn)
+            self._create_delta(conn)
         except BaseException:
             conn.close()
             raise
@@ -121,14 +143,23 @@ class SQLiteStore(StoreBase):
                     conn.execute(statement)
                 if version == 1:
                     # Tiers added in version 2: built once from the raw rows already stored.
-                    for statement in _UPGRADE_2:
-                        conn.execute(statement, (0,))
+                    self._create_delta(conn)
+                    for statement, with_id in _UPGRADE_2:
+                        conn.execute(statement, (0,) if with_id else ())
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    @staticmethod
+    def _create_delta(conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA temp_store=MEMORY")
+        conn.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {_DELTA.partition('.')[2]}"
+            " AS SELECT * FROM rollup_hourly WHERE 0"
+        )
 
     def _connect_readonly(self) -> sqlite3.Connection:
         if not os.path.isfile(self.path):
@@ -173,7 +204,7 @@ class SQLiteStore(StoreBase):
                 return
             try:
                 try:
-                    self._insert(conn, split_rows(events))
+                    self._insert_overlapped(conn, events)
                 except _DATA_ERRORS:
                     # One odd value (a list where a number belongs, an int beyond 64 bits)
                     # must not hold back its batch: coerce everything and try once more.
@@ -183,6 +214,45 @@ class SQLiteStore(StoreBase):
                 # from a fresh connection on the next try.
                 self._drop_connection()
                 raise
+
+    def _insert_overlapped(self, conn: sqlite3.Connection, events: list[Mapping[str, Any]]) -> None:
+        """`_insert`, with the conversion of each step's events to rows done while the
+        previous step's rows are being inserted (one transaction all the same)."""
+        if len(events) <= _STEP:
+            self._insert(conn, split_rows(events))
+            return
+        if self._inserter is None:
+            self._inserter = ThreadPoolExecutor(1, thread_name_prefix="ownership_ctx-sqlite")
+        pending: Future[set[str]] | None = None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            before = {
+                table: conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0]
+                for table in ROLLED_UP
+            }
+            touched: set[str] = set()
+            for i in range(0, len(events), _STEP):
+                rows = split_rows(events[i : i + _STEP])
+                if pending is not None:
+                    touched |= pending.result()
+                pending = self._inserter.submit(_insert_rows, conn, rows)
+            if pending is not None:
+                touched |= pending.result()
+            for table in ROLLED_UP:
+                if table in touched:
+                    for statement, with_id in _ROLLUPS[table]:
+                        conn.execute(statement, (before[table],) if with_id else ())
+            conn.execute("COMMIT")
+        except BaseException:
+            if pending is not None:
+                with contextlib.suppress(BaseException):
+                    pending.result()  # never leave the inserter running on the connection
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    self._drop_connection()
+            raise
 
     def _insert(self, conn: sqlite3.Connection, rows: Rows) -> None:
         conn.execute("BEGIN IMMEDIATE")
@@ -196,8 +266,8 @@ class SQLiteStore(StoreBase):
                     # inserted, and only those.
                     (before,) = conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()
                 conn.executemany(_INSERTS[table], table_rows)
-                for statement in rollups or ():
-                    conn.execute(statement, (before,))
+                for statement, with_id in rollups or ():
+                    conn.execute(statement, (before,) if with_id else ())
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -213,9 +283,16 @@ class SQLiteStore(StoreBase):
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
 
+    def after_fork_in_child(self) -> None:
+        super().after_fork_in_child()
+        self._inserter = None  # its thread did not survive the fork
+
     def close(self) -> None:
         with self._lock:
             self._drop_connection()
+            inserter, self._inserter = self._inserter, None
+            if inserter is not None:
+                inserter.shutdown(wait=True)
         with self._read_lock:
             reader, self._reader = self._reader, None
             if reader is not None:
