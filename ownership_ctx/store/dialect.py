@@ -183,6 +183,31 @@ class Dialect:
         a, b = f"{table}.{column}", f"{proposed}.{column}"
         return f"coalesce({self.least}({a}, {b}), {a}, {b})"
 
+    def unpriced_reason(self) -> str:
+        """Why a provider_calls row has no cost: what the event said, else (events stored
+        before they said why) derived from the row."""
+        stored = self.json_text("body", "unpriced_reason")
+        return (
+            f"coalesce({stored}, CASE WHEN coalesce(status, '') <> 'ok' THEN 'failed attempt'"
+            " WHEN input_tokens IS NULL THEN 'no usage reported' ELSE 'unpriced' END)"
+        )
+
+    def unpriced_ddl(self) -> str:
+        return (
+            f"CREATE TABLE IF NOT EXISTS unpriced_hourly (hour {self.integer} NOT NULL,"
+            f" reason TEXT NOT NULL, calls {self.integer} NOT NULL,"
+            f" PRIMARY KEY (hour, reason)){self.keyed_table_suffix}"
+        )
+
+    def unpriced_upsert(self, source: str) -> str:
+        """Count the unpriced calls of ``source`` (``FROM ... WHERE ...``) per hour and reason."""
+        return (
+            f"INSERT INTO unpriced_hourly (hour, reason, calls)"
+            f" SELECT hour, {self.unpriced_reason()}, count(*) {source} AND {self.cost} IS NULL"
+            " GROUP BY 1, 2 ORDER BY 1, 2 ON CONFLICT (hour, reason)"
+            f" DO UPDATE SET calls = unpriced_hourly.calls + {self.excluded}.calls"
+        )
+
     def insert_columns(self, table: str) -> str:
         return ", ".join(TABLES[table].names)
 
@@ -203,6 +228,7 @@ class Dialect:
             statements += self.raw_table_ddl(table)
         statements += [self.rollup_ddl(r) for r in ROLLUPS]
         statements.append(self.unattributed_ddl())
+        statements.append(self.unpriced_ddl())
         return statements
 
 
@@ -234,9 +260,11 @@ class _SQLite(Dialect):
 @dataclasses.dataclass(frozen=True)
 class _Postgres(Dialect):
     def raw_table_ddl(self, table: str) -> list[str]:
+        # Partitioned by day on ts (`partition_ddl`): retention drops whole days. The primary
+        # key must hold the partition key: (event_id, ts) -- a replayed event has both.
         t = TABLES[table]
         body = ", ".join(
-            f"{c.name} {self.types[c.kind]}" + (" PRIMARY KEY" if c.name == "event_id" else "")
+            f"{c.name} {self.types[c.kind]}" + (" NOT NULL" if c.name in ("event_id", "ts") else "")
             for c in t.columns
         )
         pairs = ", ".join(
@@ -244,7 +272,8 @@ class _Postgres(Dialect):
             for c in t.read_columns
         )
         return [
-            f"CREATE TABLE IF NOT EXISTS {table} ({body})",
+            f"CREATE TABLE IF NOT EXISTS {table} ({body}, PRIMARY KEY (event_id, ts))"
+            " PARTITION BY RANGE (ts)",
             f"CREATE INDEX IF NOT EXISTS {table}_trace ON {table} (trace_id)",
             f"CREATE INDEX IF NOT EXISTS {table}_ts ON {table} (ts)",
             # The whole event as JSON for SQL users (the body holds only what has no column).
@@ -255,8 +284,20 @@ class _Postgres(Dialect):
     def json_text(self, column: str, key: str) -> str:
         return f"{column}->>'{key}'"
 
+    @staticmethod
+    def partition_name(table: str, day: int) -> str:
+        """The partition of ``table`` holding UTC day ``day`` (days since the epoch)."""
+        return f"{table}_d{day}"
 
-SQLITE: Final[Dialect] = _SQLite(
+    def partition_ddl(self, table: str, day: int) -> str:
+        start = day * 86400
+        return (
+            f"CREATE TABLE IF NOT EXISTS {self.partition_name(table, day)} PARTITION OF {table}"
+            f" FOR VALUES FROM ({start}) TO ({start + 86400})"
+        )
+
+
+SQLITE: Final = _SQLite(
     name="sqlite",
     mark="?",
     types={
@@ -274,7 +315,7 @@ SQLITE: Final[Dialect] = _SQLite(
     least="min",
     keyed_table_suffix=" WITHOUT ROWID",
 )
-POSTGRESQL: Final[Dialect] = _Postgres(
+POSTGRESQL: Final = _Postgres(
     name="postgresql",
     mark="%s",
     types={

@@ -21,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final, Literal
 from urllib.parse import quote
 
+from .api import Pruned
 from .base import StoreBase
 from .dialect import SQLITE
 from .rows import Rows, split_rows
@@ -29,7 +30,8 @@ from .tables import ROLLED_UP, ROLLUPS, TABLES
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 #: ``PRAGMA user_version`` of the current layout. 1: raw tables and rollup_hourly;
-#: 2: + rollup_daily and unattributed_hourly (built from the older tables on upgrade).
+#: 2: + rollup_daily, unattributed_hourly and unpriced_hourly (built from the raw rows on
+#: upgrade).
 SCHEMA_VERSION: Final = 2
 
 _INSERTS: Final = {
@@ -47,7 +49,10 @@ _ROLLUPS: Final = {
         (f"INSERT INTO {_DELTA} {SQLITE.delta_select(table, f'FROM {table} WHERE id > ?')}", True),
         *[(SQLITE.rollup_upsert(r, _DELTA), False) for r in ROLLUPS],
         *(
-            [(SQLITE.unattributed_upsert(f"FROM {table} WHERE id > ?"), True)]
+            [
+                (SQLITE.unattributed_upsert(f"FROM {table} WHERE id > ?"), True),
+                (SQLITE.unpriced_upsert(f"FROM {table} WHERE id > ?"), True),
+            ]
             if table == "provider_calls"
             else []
         ),
@@ -94,11 +99,14 @@ class SQLiteStore(StoreBase):
         cache_mb: int = 32,
         synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL",
         readonly: bool = False,
+        create: bool = True,
     ) -> None:
         self.path = os.fspath(path)
         # A read-only store (reports) opens the file with mode=ro: it never creates the file,
         # its tables, or a WAL; writing through it raises.
         self.readonly = readonly
+        # create=False (retention): write to the store that is there, never create one.
+        self.create = create
         self.busy_timeout = busy_timeout
         self.cache_mb = cache_mb
         self.synchronous = synchronous
@@ -114,8 +122,8 @@ class SQLiteStore(StoreBase):
     # -- connections -------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        if self.readonly:
-            return self._connect_readonly()
+        if self.readonly or not self.create:
+            return self._connect_existing()
         conn = sqlite3.connect(
             self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
@@ -161,10 +169,12 @@ class SQLiteStore(StoreBase):
             " AS SELECT * FROM rollup_hourly WHERE 0"
         )
 
-    def _connect_readonly(self) -> sqlite3.Connection:
+    def _connect_existing(self) -> sqlite3.Connection:
+        """The store that is there (read-only, or read-write without creating anything)."""
         if not os.path.isfile(self.path):
             raise FileNotFoundError(f"no event store at {self.path!r}")
-        uri = f"file:{quote(os.path.abspath(self.path))}?mode=ro"
+        mode = "ro" if self.readonly else "rw"
+        uri = f"file:{quote(os.path.abspath(self.path))}?mode={mode}"
         conn = sqlite3.connect(
             uri, uri=True, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
@@ -186,6 +196,10 @@ class SQLiteStore(StoreBase):
                 f"{self.path!r} was written by an older ownership_ctx: open it once for writing"
                 " (any application with sinks.install) to upgrade it"
             )
+        if not self.readonly:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            self._create_delta(conn)
         return conn
 
     # -- writing -----------------------------------------------------------------------------
@@ -276,6 +290,28 @@ class SQLiteStore(StoreBase):
                 except sqlite3.Error:
                     self._drop_connection()
             raise
+
+    def prune(self, before: float) -> Pruned:
+        """Delete the events older than ``before`` (epoch seconds) and the unattributed
+        rollup's rows before it, in one transaction. Rollups (hourly, daily, unpriced) are
+        kept. The file does not shrink: SQLite reuses the freed pages (VACUUM returns them)."""
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                conn = self._conn = self._connect()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                events = sum(
+                    conn.execute(f"DELETE FROM {table} WHERE ts < ?", (before,)).rowcount
+                    for table in TABLES
+                )
+                conn.execute("DELETE FROM unattributed_hourly WHERE hour < ?", (before,))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return Pruned(events, 0)
 
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
