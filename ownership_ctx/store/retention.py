@@ -32,4 +32,3 @@ def describe(pruned: Pruned, before: int) -> str:
     if pruned.partitions:
         what += f" ({pruned.partitions} day partition(s) dropped)"
     return what
-
