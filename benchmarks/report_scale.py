@@ -260,7 +260,7 @@ _UNATTRIBUTED = (
 
 def raw_coverage(source: Source) -> Decimal:
     rows = source.fetch(
-        f"SELECT ts - ts % 86400 AS day, sum({_cost(source)}),"
+        f"SELECT hour - hour % 86400 AS day, sum({_cost(source)}),"
         f" sum(CASE WHEN {_UNATTRIBUTED} THEN {_cost(source)} END)"
         " FROM provider_calls WHERE ts >= ? AND ts < ? GROUP BY day",
         (RANGE.start, RANGE.end),

@@ -169,21 +169,20 @@ class StoreBase(EventQueries):
         self, group_by: Sequence[str], fetched: Sequence[Sequence[Any]]
     ) -> list[RollupRow]:
         width = len(group_by)
+        timed = [name in TIME_DIMENSIONS for name in group_by]
+        to_money = self.dialect.to_money
+        money = [m.kind == "money" for m in MEASURES]
         out = []
         for record in fetched:
-            group: dict[str, str | int | None] = {}
-            for name, value in zip(group_by, record[:width], strict=True):
-                if name in TIME_DIMENSIONS:
-                    group[name] = int(value)
-                else:
-                    group[name] = value if value != "" else None
-            measures: dict[str, Any] = {}
-            for measure, value in zip(MEASURES, record[width:], strict=True):
-                if measure.kind == "money":
-                    measures[measure.name] = self._money(value)
-                else:
-                    measures[measure.name] = int(value or 0)
-            out.append(RollupRow(group=group, **measures))
+            group: dict[str, str | int | None] = {
+                name: int(value) if is_time else (value if value != "" else None)
+                for name, value, is_time in zip(group_by, record[:width], timed, strict=True)
+            }
+            values: list[Any] = [
+                to_money(value) if is_money else int(value or 0)
+                for value, is_money in zip(record[width:], money, strict=True)
+            ]
+            out.append(RollupRow(group, *values))
         return out
 
     # -- events and traces -------------------------------------------------------------------
