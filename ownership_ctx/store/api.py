@@ -30,6 +30,7 @@ __all__ = [
     "MEASURES",
     "TIME_DIMENSIONS",
     "EventQueries",
+    "Pruned",
     "RollupRow",
     "StoreError",
     "TraceSpend",
@@ -108,6 +109,14 @@ class TraceStep:
 
 
 @dataclasses.dataclass(frozen=True)
+class Pruned:
+    """What a retention run removed: raw events, and (PostgreSQL) whole day partitions."""
+
+    events: int
+    partitions: int
+
+
+@dataclasses.dataclass(frozen=True)
 class TraceSpend:
     trace_id: str
     cost: Decimal
@@ -144,7 +153,8 @@ class EventQueries(Protocol):
         ...
 
     def unpriced_reasons(self, start: float, end: float) -> dict[str, int]:
-        """Calls without a cost in ``[start, end)``, counted by why, most frequent first."""
+        """Calls without a cost in the hours starting in ``[start, end)`` (as rollups count
+        them), counted by why, most frequent first."""
         ...
 
     def recent_traces(self, start: float, end: float, n: int) -> tuple[list[str], float]:
