@@ -34,11 +34,16 @@ _TRACE_WINDOW: Final = 86400
 #: PostgreSQL: the requests rows a statement inserted (the ``inserted`` CTE, which the table
 #: does not show yet), each marked whether it is the first stored of its trace.
 FIRSTS: Final = (
-    "firsts AS (SELECT inserted.*, (inserted.trace_id IS NULL OR ("
-    "row_number() OVER (PARTITION BY inserted.trace_id ORDER BY inserted.event_id) = 1"
-    " AND NOT EXISTS (SELECT 1 FROM requests p WHERE p.trace_id = inserted.trace_id"
-    f" AND p.ts > inserted.ts - {_TRACE_WINDOW} AND p.ts < inserted.ts + {_TRACE_WINDOW})))"
-    " AS first_of_trace FROM inserted)"
+    "firsts AS (SELECT i.*, (i.trace_id IS NULL OR (i.nth = 1 AND s.trace_id IS NULL))"
+    " AS first_of_trace FROM (SELECT inserted.*, row_number() OVER"
+    " (PARTITION BY inserted.trace_id ORDER BY inserted.event_id) AS nth FROM inserted) AS i"
+    # The batch's traces already stored, looked for in the day partitions around the batch
+    # (bounds computed once, so PostgreSQL prunes the others when the statement starts).
+    " LEFT JOIN (SELECT DISTINCT p.trace_id FROM requests p"
+    " WHERE p.trace_id IN (SELECT trace_id FROM inserted)"
+    f" AND p.ts > (SELECT min(ts) FROM inserted) - {_TRACE_WINDOW}"
+    f" AND p.ts < (SELECT max(ts) FROM inserted) + {_TRACE_WINDOW}) AS s"
+    " ON s.trace_id = i.trace_id)"
 )
 
 _UNATTRIBUTED_KEYS: Final = ("hour", "trace_id", "attribution", "present")
