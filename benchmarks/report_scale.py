@@ -2,7 +2,7 @@
 with the same aggregate computed by a plain GROUP BY over the raw events table.
 
 A synthetic generator writes events through the store's own write path (`write_batch`: the raw
-tables and the hourly rollups, in batches): 12 teams x 3 workflows x 2 features, 4 tenants per
+tables and the rollups, in batches): 12 teams x 3 workflows x 2 features, 4 tenants per
 workflow, 3 models per team, four weeks of traffic; each request is an edge hop, a request
 event, half of them a Celery hop, 1-3 provider calls (10% with a retried attempt); 2% of the
 traces lose their envelope at a Celery task (quarantined, no owner). Scales are cumulative
@@ -14,7 +14,8 @@ Cases (best of 3, warm):
 - ``chargeback``: by team (rollups) vs ``GROUP BY owner_team`` over provider_calls + requests;
 - ``chargeback_model``: by team and model, vs the same GROUP BY with the model;
 - ``coverage``: totals, reasons and ISO weeks (rollups) vs a GROUP BY day over provider_calls;
-- ``coverage_hops``: the same plus the breakdown by hop (reads the unattributed raw rows);
+- ``coverage_hops``: the same plus the breakdown by hop (the unattributed rollup, then the hops
+  of those traces by the trace index);
 - ``audit``: 10 most recent traces + coverage, vs a GROUP BY trace for the recent traces + the
   raw coverage;
 - ``anomaly``: one team, week 2 vs week 3 (rollups) vs GROUP BY provider/model/tier.
@@ -259,7 +260,7 @@ _UNATTRIBUTED = (
 
 def raw_coverage(source: Source) -> Decimal:
     rows = source.fetch(
-        f"SELECT ts - ts % 86400 AS day, sum({_cost(source)}),"
+        f"SELECT hour - hour % 86400 AS day, sum({_cost(source)}),"
         f" sum(CASE WHEN {_UNATTRIBUTED} THEN {_cost(source)} END)"
         " FROM provider_calls WHERE ts >= ? AND ts < ? GROUP BY day",
         (RANGE.start, RANGE.end),
@@ -343,6 +344,7 @@ def run_scale(url: str, label: str, events: int) -> list[dict[str, Any]]:
     out = []
     with open_source(url) as source:
         (rollup_rows,) = source.fetch("SELECT count(*) FROM rollup_hourly")[0]
+        (daily_rows,) = source.fetch("SELECT count(*) FROM rollup_daily")[0]
         for name, report, raw in cases(source):
             report_s, got = best(report)
             raw_s, expected = best(raw)
@@ -357,6 +359,7 @@ def run_scale(url: str, label: str, events: int) -> list[dict[str, Any]]:
                     "report_s": report_s,
                     "raw_s": raw_s,
                     "rollup_rows": int(rollup_rows),
+                    "daily_rows": int(daily_rows),
                     "same": bool(same),
                 }
             )
@@ -409,13 +412,14 @@ def main() -> None:
     print()
     print(
         f"{'events':>6}  {'case':<17} {'report':>9} {'GROUP BY':>9} {'raw/report':>10}"
-        f" {'rollup rows':>11}  same"
+        f" {'hourly rows':>11} {'daily rows':>10}  same"
     )
     for r in results:
         ratio = r["raw_s"] / r["report_s"] if r["report_s"] else float("inf")
         print(
             f"{r['scale']:>6}  {r['case']:<17} {r['report_s']:8.4f}s {r['raw_s']:8.4f}s"
-            f" {ratio:9.1f}x {r['rollup_rows']:>11,}  {'yes' if r['same'] else 'NO'}"
+            f" {ratio:9.1f}x {r['rollup_rows']:>11,} {r['daily_rows']:>10,}"
+            f"  {'yes' if r['same'] else 'NO'}"
         )
     for label, rate in write_rates:
         print(f"write path: {rate:,.0f} events/s while growing to {label}")

@@ -227,6 +227,7 @@ def bench_postgres(n: int, url: str, directory: Path) -> None:
         print(f"PostgreSQL not reachable ({exc}): cases skipped", file=sys.stderr)
         return
     from ownership_ctx.store import PostgresStore
+    from ownership_ctx.store.dialect import POSTGRESQL
 
     schemas = [f"oc_bench_{uuid.uuid4().hex[:8]}_{k}" for k in ("raw", "pipe")]
     try:
@@ -236,9 +237,13 @@ def bench_postgres(n: int, url: str, directory: Path) -> None:
         store.write_batch([])  # creates the schema
         store.close()
         conn = psycopg.connect(url, options=f"-c search_path={schemas[0]}")
+        # The same day partitions the store creates before its first row of a day.
+        for day in sorted({int(row[1] // 86400) for row in rows}):
+            conn.execute(POSTGRESQL.partition_ddl("provider_calls", day))
+        conn.commit()
         sql = (
             f"INSERT INTO provider_calls ({', '.join(names)})"
-            f" VALUES ({', '.join(['%s'] * len(names))}) ON CONFLICT (event_id) DO NOTHING"
+            f" VALUES ({', '.join(['%s'] * len(names))}) ON CONFLICT (event_id, ts) DO NOTHING"
         )
         start = time.perf_counter()
         with conn.cursor() as cur:

@@ -552,6 +552,53 @@ for _command in (
     register(_command)
 
 
+# -- retention ----------------------------------------------------------------------------------
+
+
+def _prune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--before", required=True, metavar="DATE", help="remove events before this UTC day"
+    )
+    p.add_argument(
+        "--db",
+        default=argparse.SUPPRESS,
+        metavar="URL",
+        help=f"store URL or SQLite file path (default ${ENV_VAR}, else {DEFAULT_DB})",
+    )
+
+
+def _prune(args: argparse.Namespace, ctx: Context) -> int:
+    from ownership_ctx.sinks.config import open_reader
+    from ownership_ctx.store.retention import describe, parse_day
+
+    try:
+        before = parse_day(args.before)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    store = open_reader(args.db, readonly=False)  # the store that is there: never a new one
+    try:
+        pruned = store.prune(before)
+    except Exception as e:
+        if isinstance(e, StoreError) or not store.is_database_error(e):
+            raise
+        raise StoreError(f"cannot prune {redacted_url(args.db)}: {str(e).splitlines()[0]}") from e
+    finally:
+        store.close()
+    ctx.out.write(describe(pruned, before) + "\n")
+    return EXIT_OK
+
+
+register(
+    Command(
+        "prune",
+        "remove events before a day (PostgreSQL: drops whole day partitions)",
+        _prune_args,
+        _prune,
+        store=False,
+    )
+)
+
+
 # -- parsing and running ------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
+from . import estimate
 from .billing import Billing, request_metadata
 from .handoff import claim
 from .normalize import Parsed, parse_json
@@ -69,6 +70,7 @@ class _Hooks:
         try:
             model = params.get("modelId")
             scope = context[_SCOPE] = open_scope(model if isinstance(model, str) else None)
+            scope.request_body = params  # the prompt of a cancelled stream is estimated from it
             if scope.envelope is not None:
                 # The owner rides in the request so that Bedrock's invocation logs carry it
                 # too (the one per-request record AWS keeps): see docs/reconciliation.md.
@@ -151,6 +153,7 @@ class MeteredEventStream:
         self._request_id = request_id
         self._metadata: Any = None
         self._stopped = False
+        self._streamed = 0  # characters of output text the caller received
 
     def __iter__(self) -> Iterator[Any]:
         try:
@@ -160,6 +163,8 @@ class MeteredEventStream:
                         self._metadata = event["metadata"]
                     elif "messageStop" in event:
                         self._stopped = True
+                    elif "contentBlockDelta" in event:
+                        self._streamed += _delta_chars(event["contentBlockDelta"])
                 yield event
         except GeneratorExit:
             self._finish("cancelled")
@@ -200,6 +205,12 @@ class MeteredEventStream:
                 if status == "ok":
                     parsed.problems.append("usage_missing")
             parsed.model = attempt.scope.request_model
+            if status == "cancelled":
+                parsed = estimate.apply(
+                    parsed,
+                    prompt=estimate.prompt_chars(attempt.scope.request_body),
+                    streamed=self._streamed,
+                )
         except Exception:
             failed("bedrock stream")
             parsed = Parsed(usage_status="invalid")
@@ -215,3 +226,18 @@ class MeteredEventStream:
 def _tier(md: Mapping[str, Any]) -> dict[str, Any]:
     tier = md.get("serviceTier")
     return {"serviceTier": tier} if tier is not None else {}
+
+
+def _delta_chars(block: Any) -> int:
+    """Characters of output in a ``contentBlockDelta`` (text, tool input, reasoning)."""
+    delta = block.get("delta") if isinstance(block, Mapping) else None
+    if not isinstance(delta, Mapping):
+        return 0
+    total = 0
+    for key in ("text", "toolUse", "reasoningContent"):
+        value = delta.get(key)
+        if isinstance(value, Mapping):
+            value = value.get("input", value.get("text"))
+        if isinstance(value, str):
+            total += len(value)
+    return total

@@ -32,7 +32,7 @@ ERROR_TYPE: Final = ev.ERROR_TYPE
 
 Status = Literal["ok", "error", "cancelled"]
 CostSource = Literal["provider", "price_table", "unpriced", "override"]
-UsageStatus = Literal["reported", "partial", "missing", "invalid"]
+UsageStatus = Literal["reported", "partial", "estimated", "missing", "invalid"]
 
 #: Every key of a provider_call event besides the envelope's, with what it means. The README
 #: table is generated from the same words; a test checks that events carry exactly these keys.
@@ -76,6 +76,8 @@ FIELDS: Final[dict[str, str]] = {
     "input_image_tokens": "image input tokens, where reported",
     "output_image_tokens": "image output tokens, where reported",
     "usage_status": '"reported"; "partial" (stream ended early: counts are lower bounds);'
+    ' "estimated" (a stream the caller cancelled: what the provider did not report is'
+    " estimated from the request's prompt and the text streamed, and priced);"
     ' "missing" (no usage seen: tokens null, never zero); "invalid" (garbage: see problems)',
     "cost": "estimated cost as a decimal string, null when unpriced",
     "currency": '"USD"',

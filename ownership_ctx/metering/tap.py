@@ -9,6 +9,7 @@ beyond a byte split, so metering adds almost nothing while the caller iterates.
 The tap finishes its `Attempt` exactly once: at end of body (``ok``), on a read error
 (``error``), or when the caller closes the body early (``cancelled``, unless the stream had
 already delivered its terminal event: SDKs stop reading after ``[DONE]``/``message_stop``).
+A cancelled stream's missing usage is estimated (`estimate`): the provider bills it anyway.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import zlib
 from typing import Any, Final
 
+from . import estimate
 from .normalize import Parsed, merge_stream, parse_body
 from .recorder import Attempt, failed
 
@@ -75,6 +77,7 @@ class BodyTap:
         "request_id",
         "sse",
         "start",
+        "streamed",
         "terminal",
         "usage",
     )
@@ -104,6 +107,7 @@ class BodyTap:
         self.usage: bytes | None = None
         self.error: bytes | None = None
         self.terminal = False
+        self.streamed = 0  # characters of output text the caller received
         try:
             self._decoder = _decoder(content_encoding, module)
         except Exception:
@@ -152,6 +156,7 @@ class BodyTap:
     def _data(self, payload: bytes) -> None:
         if self.first is None:
             self.first = payload
+        self.streamed += estimate.streamed_chars(self.api, payload)
         if b'"usage' in payload:
             self.usage = payload
             if self.start is None and b'"message_start"' in payload:
@@ -196,6 +201,17 @@ class BodyTap:
             failed("parsing a response body")
             parsed = Parsed(usage_status="invalid", problems=["metering_parse_failed"])
         parsed.problems[:0] = self.problems
+        if status == "cancelled" and self.sse:
+            try:
+                parsed = estimate.apply(
+                    parsed,
+                    prompt=estimate.prompt_chars(self.attempt.scope.request_body),
+                    streamed=self.streamed,
+                    # Anthropic's message_start says output_tokens 1 until message_delta.
+                    output_reported=not (self.api == "messages" and self.usage is self.start),
+                )
+            except Exception:
+                failed("estimating a cancelled stream")
         if status == "ok" and self.http_status >= 400:
             status = "error"
         if status == "error" and error_type is None and self.http_status >= 400:

@@ -49,15 +49,19 @@ def endpoint(method: str, path: str) -> str | None:
     return None
 
 
-def _request_model(request: Any, api: str, path: str) -> str | None:
-    if api == "generate_content":
-        found = _GEMINI_MODEL.search(path)
-        return found.group(1) if found else None
+def _request_body(request: Any) -> bytes | None:
     try:
         body = request.content
     except Exception:  # a streamed request body: not read here
         return None
-    match = _MODEL_IN_BODY.search(body) if isinstance(body, bytes) else None
+    return body if isinstance(body, bytes) else None
+
+
+def _request_model(body: bytes | None, api: str, path: str) -> str | None:
+    if api == "generate_content":
+        found = _GEMINI_MODEL.search(path)
+        return found.group(1) if found else None
+    match = _MODEL_IN_BODY.search(body) if body is not None else None
     return match.group(1).decode("utf-8", "replace") if match else None
 
 
@@ -74,8 +78,10 @@ def _start(request: Any, provider: str) -> Attempt | None:
             scope = open_scope()
             retries = request.headers.get("x-stainless-retry-count", "0")
             scope.attempts = int(retries) if retries.isdigit() else 0
+        body = _request_body(request)
+        scope.request_body = body
         if scope.request_model is None:
-            scope.request_model = _request_model(request, api, path)
+            scope.request_model = _request_model(body, api, path)
         claim()  # a library callback (LiteLLM) watching this attempt leaves it to us
         attempt = Attempt(scope, scope.next_attempt(), provider, api, "httpx")
         attempt.billing = from_headers(request.headers)

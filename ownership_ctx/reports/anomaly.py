@@ -5,7 +5,9 @@ Spend is written as a product of factors,
     spend = requests x calls/request x sum over models m of (share_m x tokens/call_m x price_m)
 
 where ``share_m`` is model m's share of the calls (a model is provider/model@tier, so a move
-to a priority tier is a mix change), ``tokens/call_m`` its (input + output) tokens per call and
+to a priority tier is a mix change; only billed calls count: a failed attempt that reported no
+usage is free and an application cache hit is no call, so neither moves calls per request or
+the mix), requests are user actions, ``tokens/call_m`` its (input + output) tokens per call and
 ``price_m`` its spend per token. The change is split by *sequential substitution* in a fixed
 order — traffic volume, calls per request (retries, fan-out), model/tier mix, tokens per call,
 price — each factor switched from its baseline to its current value in turn. The steps
@@ -157,12 +159,12 @@ def period_stats(source: EventQueries, team: str, period: TimeRange) -> PeriodSt
     models: dict[str, ModelStats] = {}
     requests = retries = fallbacks = unpriced = 0
     for row in rows:
-        requests += row.requests
+        requests += row.user_actions  # a user action, however many services it crossed
         retries += row.retries
         fallbacks += row.fallbacks
         unpriced += row.unpriced_calls
         if row.calls == 0:
-            continue
+            continue  # requests only, failed attempts (free) or cache hits: no model to mix
         g = row.group
         key = f"{g['provider'] or '?'}/{g['model'] or '?'}" + (
             f"@{g['service_tier']}" if g["service_tier"] else ""

@@ -125,13 +125,14 @@ def coverage(
         time_range.start, time_range.end, group_by=("day", "owner_team", *others)
     )
     total = no_owner = not_attributed = missing = Decimal(0)
-    calls = unpriced = 0
+    calls = unpriced = failed = 0
     per_day: dict[int, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
     for b in buckets:
         g = b.group
         total += b.cost
         calls += b.calls
         unpriced += b.unpriced_calls
+        failed += b.failed_attempts
         if g["owner_team"] is None:
             lost = b.cost
             no_owner += lost
@@ -161,10 +162,13 @@ def coverage(
         breakdown = hop_breakdown(source, time_range, required, unattributed, calls)
     notes = []
     if unpriced:
-        from .chargeback import unpriced_note
+        from .chargeback import FAILED_ATTEMPT, unpriced_note
 
         reasons = source.unpriced_reasons(time_range.start, time_range.end)
+        reasons.pop(FAILED_ATTEMPT, None)  # free: counted apart, below
         notes.append(unpriced_note(unpriced, reasons))
+    if failed:
+        notes.append(f"{failed} failed attempt(s) reported no usage: free, not counted as calls")
     if not total:
         notes.append("no priced spend in this range")
     result = Coverage(

@@ -5,7 +5,8 @@ FOCUS columns used: ``BilledCost``, ``EffectiveCost`` (the same here: prices alr
 cache discounts; there are no commitments to amortize), ``BillingCurrency``,
 ``ChargeCategory`` (``Usage``), ``ChargePeriodStart``/``End``, ``BillingPeriodStart``/``End``
 (the export's range), ``ProviderName``, ``ServiceName``, ``ServiceCategory`` (``AI and
-Machine Learning``), ``ConsumedQuantity`` + ``ConsumedUnit`` (tokens, input + output),
+Machine Learning``), ``ConsumedQuantity`` + ``ConsumedUnit`` (tokens a provider processed,
+input + output: an application cache hit's avoided tokens are not consumed),
 ``SkuId`` (``provider/model[@tier]``), ``ChargeDescription`` and ``Tags`` (JSON). Everything of
 ours is an ``x_`` custom column.
 """
@@ -67,6 +68,10 @@ COLUMNS: Final = (
     "x_Fallbacks",
     "x_UnpricedCalls",
     "x_UnattributedCost",
+    "x_FailedAttempts",
+    "x_EstimatedCost",
+    "x_AppCacheHits",
+    "x_CostAvoided",
 )
 _TAG_KEYS: Final = ("owner_team", "workflow_id", "feature", "tenant")
 
@@ -76,7 +81,7 @@ def focus_rows(source: EventQueries, time_range: TimeRange) -> Iterator[dict[str
     buckets = source.rollups(time_range.start, time_range.end, group_by=_DIMS)
     for b in buckets:
         if b.calls == 0:
-            continue  # request events only: no charge
+            continue  # request events, free failed attempts or cache hits only: no charge
         g = b.group
         day = int(g["day"] or 0)
         period_start = max(day, time_range.start)
@@ -119,6 +124,10 @@ def focus_rows(source: EventQueries, time_range: TimeRange) -> Iterator[dict[str
             "x_Fallbacks": str(b.fallbacks),
             "x_UnpricedCalls": str(b.unpriced_calls),
             "x_UnattributedCost": money_text(b.unattributed_cost),
+            "x_FailedAttempts": str(b.failed_attempts),
+            "x_EstimatedCost": money_text(b.estimated_cost),
+            "x_AppCacheHits": str(b.app_cache_hits),
+            "x_CostAvoided": money_text(b.cost_avoided),
         }
 
 

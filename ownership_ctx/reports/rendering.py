@@ -9,13 +9,25 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime as dt
 import io
 import json
 from collections.abc import Mapping, Sequence
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import Any, Final, Literal
 
-__all__ = ["Column", "Document", "Table", "money_text", "render", "to_jsonable"]
+__all__ = [
+    "Column",
+    "Document",
+    "Table",
+    "human_day",
+    "human_range",
+    "money_places",
+    "money_text",
+    "nice_ticks",
+    "render",
+    "to_jsonable",
+]
 
 Kind = Literal["text", "int", "money", "pct", "num"]
 Format = Literal["table", "csv", "json"]
@@ -61,6 +73,58 @@ def money_text(value: Decimal | None) -> str:
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return text
+
+
+def money_places(total: Decimal) -> int:
+    """One money precision for a whole page, from the size of its total: cents from 100 USD
+    up, 4 decimals from 1 USD, else 6 (the terminal's). Smaller amounts show as ``<0.01``."""
+    if total >= 100:
+        return 2
+    return 4 if total >= 1 else 6
+
+
+def human_day(epoch: float, *, year: bool = False) -> str:
+    """``Mon 12 Jan`` (``Mon 12 Jan 2026`` with ``year``), UTC."""
+    moment = dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
+    text = f"{moment:%a} {moment.day} {moment:%b}"
+    return f"{text} {moment.year}" if year else text
+
+
+def human_range(start: float, end: float) -> str:
+    """``Mon 5 Jan 2026 to Sun 18 Jan 2026 (UTC)``: whole days name the last day included;
+    otherwise the times are shown."""
+    first = dt.datetime.fromtimestamp(start, dt.timezone.utc)
+    stop = dt.datetime.fromtimestamp(end, dt.timezone.utc)
+    if first.hour == first.minute == 0 and stop.hour == stop.minute == 0:
+        last = human_day(end - 86400, year=True)
+        first_day = human_day(start, year=True)
+        return f"{first_day} (UTC)" if first_day == last else f"{first_day} to {last} (UTC)"
+    since, until = human_day(start, year=True), human_day(end, year=True)
+    return f"{since} {first:%H:%M} to {until} {stop:%H:%M} UTC"
+
+
+def nice_ticks(peak: Decimal, most: int = 6) -> list[Decimal]:
+    """Axis ticks from 0 to at least ``peak``: at most ``most`` of them, a step of 1, 2, 2.5 or
+    5 x 10^k, so labels read 0, 0.5, 1, 1.5 (never 1.25 or 3.75 by accident)."""
+    if peak <= 0:
+        return [Decimal(0), Decimal(1)]
+    raw = peak / (most - 1)
+    exponent = raw.adjusted()
+    step = Decimal(10).scaleb(exponent)
+    for factor in ("1", "2", "2.5", "5", "10"):
+        candidate = Decimal(factor).scaleb(exponent)
+        if candidate >= raw:
+            step = candidate
+            break
+    count = int((peak / step).to_integral_value(rounding=ROUND_CEILING))
+    return [(step * i).normalize() for i in range(count + 1)]
+
+
+def tick_text(value: Decimal, ticks: Sequence[Decimal]) -> str:
+    """A tick label with as many decimals as the step needs (``0``, ``0.5``, ``1.0``...)."""
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else Decimal(1)
+    places = max(0, -step.normalize().as_tuple().exponent)  # type: ignore[operator]
+    return f"{value:,.{places}f}"
 
 
 def to_jsonable(value: Any) -> Any:

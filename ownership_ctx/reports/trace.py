@@ -57,6 +57,7 @@ class CallLine:
     app_cache_hit: bool
     cost_avoided: Decimal | None
     owner_team: str | None
+    usage_status: str | None = None  # "estimated": a cancelled stream, usage estimated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +171,7 @@ def build(trace_id: str, events: Sequence[Mapping[str, Any]]) -> TraceReport:
                     bool(e.get("app_cache_hit")),
                     to_decimal(e.get("cost_avoided")),
                     _str(e.get("owner_team")),
+                    usage_status=_str(e.get("usage_status")),
                 )
             )
             for f in owner:
@@ -264,4 +266,6 @@ def _note(c: CallLine) -> str:
         parts.append(f"no cost ({c.unpriced_reason or 'unpriced'})")
     elif c.cost_source and c.cost_source != "price_table":
         parts.append(c.cost_source)
+    if c.usage_status == "estimated":
+        parts.append("estimated: stream cancelled, usage estimated")
     return "; ".join(parts)

@@ -149,16 +149,19 @@ def _spool_dir(parsed: _Parsed) -> str | None:
     return None
 
 
-def open_backend(url: str, *, readonly: bool = False) -> Any:
+def open_backend(url: str, *, readonly: bool = False, create: bool = True) -> Any:
     """The store or writer behind ``url``, without a pipeline (readers; benchmarks).
-    ``readonly``: a store that never writes, creates nothing, and fails when it is missing."""
+    ``readonly``: a store that never writes, creates nothing, and fails when it is missing;
+    ``create=False``: writes (retention) but creates nothing and fails when it is missing."""
     parsed = _Parsed(resolve_url(url))
     if parsed.scheme == "sqlite":
         from ownership_ctx.store import SQLiteStore
 
         if not parsed.path:
             raise ValueError("sqlite URL needs a path: sqlite:///relative.db or sqlite:////abs.db")
-        return SQLiteStore(parsed.path, readonly=readonly, **parsed.options(_SQLITE_OPTIONS))
+        return SQLiteStore(
+            parsed.path, readonly=readonly, create=create, **parsed.options(_SQLITE_OPTIONS)
+        )
     if parsed.scheme == "postgresql":
         from ownership_ctx.store import PostgresStore
 
@@ -168,7 +171,9 @@ def open_backend(url: str, *, readonly: bool = False) -> Any:
                 'PostgreSQL stores need psycopg: pip install "ownership-ctx[postgres]"',
                 name="psycopg",
             )
-        return PostgresStore(parsed.libpq_url(), readonly=readonly, **parsed.options(_PG_OPTIONS))
+        return PostgresStore(
+            parsed.libpq_url(), readonly=readonly, create=create, **parsed.options(_PG_OPTIONS)
+        )
     if parsed.scheme == "jsonl":
         from ownership_ctx.sinks.jsonl import JsonLinesSink
 
@@ -182,22 +187,24 @@ def open_backend(url: str, *, readonly: bool = False) -> Any:
     )
 
 
-def open_store(url: str, *, readonly: bool = False) -> StoreBase:
+def open_store(url: str, *, readonly: bool = False, create: bool = True) -> StoreBase:
     """The store at ``url`` (``sqlite:///...`` or ``postgresql://...``), for writing
     (``write_batch``) and reading (the typed query API, `ownership_ctx.store.EventQueries`).
-    ``readonly``: never write or create anything; a missing store or table raises."""
+    ``readonly``: never write or create anything; a missing store or table raises.
+    ``create=False``: may write, never creates; a missing store or table raises."""
     from ownership_ctx.store import StoreBase
 
-    backend = open_backend(url, readonly=readonly)
+    backend = open_backend(url, readonly=readonly, create=create)
     if not isinstance(backend, StoreBase):
         raise ValueError(f"{url.split(':', 1)[0]}: sinks are write-only; no queries")
     return backend
 
 
-def open_reader(url: str | None = None) -> StoreBase:
-    """The store at ``url`` (else ``OWNERSHIP_CTX_SINK_URL``, else `DEFAULT_URL`) for reading
-    only: nothing is created or written, and it is checked now. Raises
-    `ownership_ctx.store.StoreError` (one line, saying what to do) when it cannot be read."""
+def open_reader(url: str | None = None, *, readonly: bool = True) -> StoreBase:
+    """The store at ``url`` (else ``OWNERSHIP_CTX_SINK_URL``, else `DEFAULT_URL`) that
+    already exists, checked now: for reading only (``readonly``), or for writing without
+    creating anything (retention). Raises `ownership_ctx.store.StoreError` (one line, saying
+    what to do) when it cannot be opened."""
     from ownership_ctx.store import SQLiteStore, StoreError
 
     url = resolve_url(url)
@@ -205,7 +212,7 @@ def open_reader(url: str | None = None) -> StoreBase:
     if scheme not in ("sqlite", "postgresql"):
         raise StoreError(f"reports read sqlite:/// or postgresql:// stores, not {scheme}://")
     try:
-        store = open_store(url, readonly=True)
+        store = open_store(url, readonly=readonly, create=False)
     except ModuleNotFoundError:
         raise StoreError(
             'reading PostgreSQL needs psycopg: pip install "ownership-ctx[postgres]"'
@@ -218,7 +225,7 @@ def open_reader(url: str | None = None) -> StoreBase:
             " (pass --db URL or a path, or set OWNERSHIP_CTX_SINK_URL)"
         )
     try:
-        store.extent()  # connects read-only and checks the tables are there
+        store.extent()  # connects and checks the tables are there
     except StoreError as e:
         store.close()
         detail = str(e).partition(": ")[2] or str(e)

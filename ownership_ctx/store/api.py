@@ -30,6 +30,7 @@ __all__ = [
     "MEASURES",
     "TIME_DIMENSIONS",
     "EventQueries",
+    "Pruned",
     "RollupRow",
     "StoreError",
     "TraceSpend",
@@ -37,9 +38,12 @@ __all__ = [
     "UnattributedCalls",
 ]
 
-#: Summed per bucket. ``calls`` counts provider_call events (every attempt), ``requests``
-#: request events; ``retries`` attempts > 1; ``fallbacks`` calls standing in for a failed
-#: model; ``unattributed_cost`` the cost of calls without an owner team or not "attributed".
+#: Summed per bucket (see `ownership_ctx.store.tables.MEASURES`). ``calls`` counts provider
+#: calls made (not application cache hits, not failed attempts without usage: those are
+#: ``app_cache_hits`` and ``failed_attempts``), ``requests`` request events, ``user_actions``
+#: traces (their first request event); ``retries`` attempts > 1; ``fallbacks`` calls standing
+#: in for a failed model; ``unattributed_cost`` the cost of calls without an owner team or not
+#: "attributed"; ``estimated_*`` calls whose usage is estimated (cancelled streams).
 MEASURES = MEASURE_NAMES
 
 
@@ -67,6 +71,12 @@ class RollupRow:
     cost: Decimal = Decimal(0)
     unattributed_cost: Decimal = Decimal(0)
     cost_avoided: Decimal = Decimal(0)
+    user_actions: int = 0
+    failed_attempts: int = 0
+    avoided_input_tokens: int = 0
+    avoided_output_tokens: int = 0
+    estimated_calls: int = 0
+    estimated_cost: Decimal = Decimal(0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +106,14 @@ class TraceStep:
     outcome: str | None
     missing: tuple[str, ...]
     fields: frozenset[str]  # ownership fields the event carried
+
+
+@dataclasses.dataclass(frozen=True)
+class Pruned:
+    """What a retention run removed: raw events, and (PostgreSQL) whole day partitions."""
+
+    events: int
+    partitions: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +153,8 @@ class EventQueries(Protocol):
         ...
 
     def unpriced_reasons(self, start: float, end: float) -> dict[str, int]:
-        """Calls without a cost in ``[start, end)``, counted by why, most frequent first."""
+        """Calls without a cost in the hours starting in ``[start, end)`` (as rollups count
+        them), counted by why, most frequent first."""
         ...
 
     def recent_traces(self, start: float, end: float, n: int) -> tuple[list[str], float]:

@@ -17,6 +17,7 @@ from .api import (
     DIMENSIONS,
     TIME_DIMENSIONS,
     EventQueries,
+    Pruned,
     RollupRow,
     StoreError,
     TraceSpend,
@@ -63,6 +64,14 @@ class StoreBase(EventQueries):
         raise NotImplementedError
 
     def _is_database_error(self, error: BaseException) -> bool:
+        raise NotImplementedError
+
+    def is_database_error(self, error: BaseException) -> bool:
+        """Whether ``error`` came from the database (its driver, or the file system)."""
+        return self._is_database_error(error)
+
+    def prune(self, before: float) -> Pruned:
+        """Remove the events older than ``before`` (`ownership_ctx.store.retention`)."""
         raise NotImplementedError
 
     def _full_scan_hint(self, calls_in_range: int) -> str:
@@ -160,21 +169,20 @@ class StoreBase(EventQueries):
         self, group_by: Sequence[str], fetched: Sequence[Sequence[Any]]
     ) -> list[RollupRow]:
         width = len(group_by)
+        timed = [name in TIME_DIMENSIONS for name in group_by]
+        to_money = self.dialect.to_money
+        money = [m.kind == "money" for m in MEASURES]
         out = []
         for record in fetched:
-            group: dict[str, str | int | None] = {}
-            for name, value in zip(group_by, record[:width], strict=True):
-                if name in TIME_DIMENSIONS:
-                    group[name] = int(value)
-                else:
-                    group[name] = value if value != "" else None
-            measures: dict[str, Any] = {}
-            for measure, value in zip(MEASURES, record[width:], strict=True):
-                if measure.kind == "money":
-                    measures[measure.name] = self._money(value)
-                else:
-                    measures[measure.name] = int(value or 0)
-            out.append(RollupRow(group=group, **measures))
+            group: dict[str, str | int | None] = {
+                name: int(value) if is_time else (value if value != "" else None)
+                for name, value, is_time in zip(group_by, record[:width], timed, strict=True)
+            }
+            values: list[Any] = [
+                to_money(value) if is_money else int(value or 0)
+                for value, is_money in zip(record[width:], money, strict=True)
+            ]
+            out.append(RollupRow(group, *values))
         return out
 
     # -- events and traces -------------------------------------------------------------------
@@ -229,17 +237,11 @@ class StoreBase(EventQueries):
         return None if first is None else (int(first), int(last))
 
     def unpriced_reasons(self, start: float, end: float) -> dict[str, int]:
-        stored = self.dialect.json_text("body", "unpriced_reason")
-        # For events stored before they said why: derived from the row.
-        reason = (
-            f"coalesce({stored}, CASE WHEN coalesce(status, '') <> 'ok' THEN 'failed attempt'"
-            " WHEN input_tokens IS NULL THEN 'no usage reported' ELSE 'unpriced' END)"
-        )
+        (_, lo, hi), *_ = self._tiers(start, end, by_hour=True)
         rows = self.fetch(
-            f"SELECT {reason} AS reason, count(*) FROM provider_calls"
-            f" WHERE {self.dialect.cost} IS NULL AND ts >= ? AND ts < ?"
-            " GROUP BY 1 ORDER BY 2 DESC, 1",
-            [start, end],
+            "SELECT reason, sum(calls) FROM unpriced_hourly WHERE hour >= ? AND hour < ?"
+            " GROUP BY reason ORDER BY 2 DESC, 1",
+            [lo, hi],
         )
         return {str(name): int(count) for name, count in rows}
 

@@ -26,7 +26,25 @@ from .tables import (
     Rollup,
 )
 
-__all__ = ["POSTGRESQL", "SQLITE", "Dialect"]
+__all__ = ["FIRSTS", "POSTGRESQL", "SQLITE", "Dialect"]
+
+#: How far around a request its trace's first request is looked for (seconds): on PostgreSQL
+#: the probe then reads the day partitions around the row, not all of them.
+_TRACE_WINDOW: Final = 86400
+#: PostgreSQL: the requests rows a statement inserted (the ``inserted`` CTE, which the table
+#: does not show yet), each marked whether it is the first stored of its trace.
+FIRSTS: Final = (
+    "firsts AS (SELECT i.*, (i.trace_id IS NULL OR (i.nth = 1 AND s.trace_id IS NULL))"
+    " AS first_of_trace FROM (SELECT inserted.*, row_number() OVER"
+    " (PARTITION BY inserted.trace_id ORDER BY inserted.event_id) AS nth FROM inserted) AS i"
+    # The batch's traces already stored, looked for in the day partitions around the batch
+    # (bounds computed once, so PostgreSQL prunes the others when the statement starts).
+    " LEFT JOIN (SELECT DISTINCT p.trace_id FROM requests p"
+    " WHERE p.trace_id IN (SELECT trace_id FROM inserted)"
+    f" AND p.ts > (SELECT min(ts) FROM inserted) - {_TRACE_WINDOW}"
+    f" AND p.ts < (SELECT max(ts) FROM inserted) + {_TRACE_WINDOW}) AS s"
+    " ON s.trace_id = i.trace_id)"
+)
 
 _UNATTRIBUTED_KEYS: Final = ("hour", "trace_id", "attribution", "present")
 _UNATTRIBUTED_MEASURES: Final = ("calls", "cost", "first_ts", "provider", "model")
@@ -105,28 +123,59 @@ class Dialect:
 
     # -- the write path: rollups of the rows just inserted ---------------------------------
 
-    def rollup_upsert(self, rollup: Rollup, table: str, source: str) -> str:
-        """Aggregate the rows of ``table`` read from ``source`` (``FROM ...``: the rows this
-        transaction inserted) into ``rollup``, adding to existing buckets."""
+    def delta_select(self, table: str, source: str) -> str:
+        """The rows of ``table`` read from ``source`` (``FROM ...``: the rows a transaction
+        inserted) aggregated per hour x dimensions: the rollup columns, in rollup order."""
         if table == "provider_calls":
             dims = [f"coalesce({DIMENSION_SOURCES[d]}, '')" for d in DIMENSIONS]
             values = [m.calls for m in MEASURES]
         else:
             dims = [f"coalesce({d}, '')" if d in REQUEST_DIMENSIONS else "''" for d in DIMENSIONS]
             values = [m.requests for m in MEASURES]
-        values = [v.format(cost=self.cost, cost_avoided=self.cost_avoided) for v in values]
-        bucket = "hour" if rollup.bucket == 3600 else f"(hour - hour % {rollup.bucket})"
+        row = source.split()[1]  # "FROM <table or CTE> ...": the rows' name in the query
+        values = [
+            v.format(
+                cost=self.cost,
+                cost_avoided=self.cost_avoided,
+                first_of_trace=self.first_of_trace(row),
+            )
+            for v in values
+        ]
+        named = [
+            f"{expression} AS {name}"
+            for expression, name in zip(
+                (*dims, *values), (*DIMENSIONS, *self.measure_columns()), strict=True
+            )
+        ]
+        positions = ", ".join(str(i) for i in range(1, len(DIMENSIONS) + 2))
+        return f"SELECT {', '.join(('hour', *named))} {source} GROUP BY {positions}"
+
+    def rollup_upsert(self, rollup: Rollup, delta: str) -> str:
+        """Add ``delta`` (a table or CTE of `delta_select` rows) to ``rollup``'s buckets.
+        Every measure is a sum, so a coarser tier sums the hourly delta."""
         columns = self.measure_columns()
         keys = ("hour", *DIMENSIONS)
+        bucket = "hour" if rollup.bucket == 3600 else f"(hour - hour % {rollup.bucket})"
+        sums = [f"sum({c})" for c in columns]
         positions = ", ".join(str(i) for i in range(1, len(keys) + 1))
         update = ", ".join(f"{c} = {rollup.name}.{c} + {self.excluded}.{c}" for c in columns)
         # Key order: hosts updating the same buckets concurrently queue on row locks instead
-        # of deadlocking (PostgreSQL).
+        # of deadlocking (PostgreSQL). "WHERE TRUE": SQLite's upsert after a SELECT needs one.
         return (
             f"INSERT INTO {rollup.name} ({', '.join((*keys, *columns))})"
-            f" SELECT {', '.join((bucket, *dims, *values))} {source}"
+            f" SELECT {', '.join((bucket, *DIMENSIONS, *sums))} FROM {delta} WHERE 1 = 1"
             f" GROUP BY {positions} ORDER BY {positions}"
             f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {update}"
+        )
+
+    def first_of_trace(self, row: str) -> str:
+        """True for a requests row (named ``row`` in the query) stored before any other of
+        its trace (SQLite's rowids are in insertion order). A trace is looked for within a
+        day of the row: a user action does not last longer, and the probe stays small."""
+        return (
+            f"NOT EXISTS (SELECT 1 FROM requests p WHERE p.trace_id = {row}.trace_id"
+            f" AND p.id < {row}.id AND p.ts > {row}.ts - {_TRACE_WINDOW}"
+            f" AND p.ts < {row}.ts + {_TRACE_WINDOW})"
         )
 
     def presence(self) -> str:
@@ -170,6 +219,31 @@ class Dialect:
         a, b = f"{table}.{column}", f"{proposed}.{column}"
         return f"coalesce({self.least}({a}, {b}), {a}, {b})"
 
+    def unpriced_reason(self) -> str:
+        """Why a provider_calls row has no cost: what the event said, else (events stored
+        before they said why) derived from the row."""
+        stored = self.json_text("body", "unpriced_reason")
+        return (
+            f"coalesce({stored}, CASE WHEN coalesce(status, '') <> 'ok' THEN 'failed attempt'"
+            " WHEN input_tokens IS NULL THEN 'no usage reported' ELSE 'unpriced' END)"
+        )
+
+    def unpriced_ddl(self) -> str:
+        return (
+            f"CREATE TABLE IF NOT EXISTS unpriced_hourly (hour {self.integer} NOT NULL,"
+            f" reason TEXT NOT NULL, calls {self.integer} NOT NULL,"
+            f" PRIMARY KEY (hour, reason)){self.keyed_table_suffix}"
+        )
+
+    def unpriced_upsert(self, source: str) -> str:
+        """Count the unpriced calls of ``source`` (``FROM ... WHERE ...``) per hour and reason."""
+        return (
+            f"INSERT INTO unpriced_hourly (hour, reason, calls)"
+            f" SELECT hour, {self.unpriced_reason()}, count(*) {source} AND {self.cost} IS NULL"
+            " GROUP BY 1, 2 ORDER BY 1, 2 ON CONFLICT (hour, reason)"
+            f" DO UPDATE SET calls = unpriced_hourly.calls + {self.excluded}.calls"
+        )
+
     def insert_columns(self, table: str) -> str:
         return ", ".join(TABLES[table].names)
 
@@ -190,6 +264,7 @@ class Dialect:
             statements += self.raw_table_ddl(table)
         statements += [self.rollup_ddl(r) for r in ROLLUPS]
         statements.append(self.unattributed_ddl())
+        statements.append(self.unpriced_ddl())
         return statements
 
 
@@ -221,9 +296,11 @@ class _SQLite(Dialect):
 @dataclasses.dataclass(frozen=True)
 class _Postgres(Dialect):
     def raw_table_ddl(self, table: str) -> list[str]:
+        # Partitioned by day on ts (`partition_ddl`): retention drops whole days. The primary
+        # key must hold the partition key: (event_id, ts) -- a replayed event has both.
         t = TABLES[table]
         body = ", ".join(
-            f"{c.name} {self.types[c.kind]}" + (" PRIMARY KEY" if c.name == "event_id" else "")
+            f"{c.name} {self.types[c.kind]}" + (" NOT NULL" if c.name in ("event_id", "ts") else "")
             for c in t.columns
         )
         pairs = ", ".join(
@@ -231,7 +308,8 @@ class _Postgres(Dialect):
             for c in t.read_columns
         )
         return [
-            f"CREATE TABLE IF NOT EXISTS {table} ({body})",
+            f"CREATE TABLE IF NOT EXISTS {table} ({body}, PRIMARY KEY (event_id, ts))"
+            " PARTITION BY RANGE (ts)",
             f"CREATE INDEX IF NOT EXISTS {table}_trace ON {table} (trace_id)",
             f"CREATE INDEX IF NOT EXISTS {table}_ts ON {table} (ts)",
             # The whole event as JSON for SQL users (the body holds only what has no column).
@@ -242,8 +320,33 @@ class _Postgres(Dialect):
     def json_text(self, column: str, key: str) -> str:
         return f"{column}->>'{key}'"
 
+    def first_of_trace(self, row: str) -> str:
+        """No rowids here. A batch's rows come from `FIRSTS` (the inserted rows, each marked
+        first when no stored row has its trace and it has the smallest event id of its trace
+        in the batch: a window, not a per-row search of the batch); over the stored table (an
+        upgrade), by event id."""
+        if row == "firsts":
+            return "firsts.first_of_trace"
+        return (
+            f"NOT EXISTS (SELECT 1 FROM requests p WHERE p.trace_id = {row}.trace_id"
+            f" AND p.event_id < {row}.event_id AND p.ts > {row}.ts - {_TRACE_WINDOW}"
+            f" AND p.ts < {row}.ts + {_TRACE_WINDOW})"
+        )
 
-SQLITE: Final[Dialect] = _SQLite(
+    @staticmethod
+    def partition_name(table: str, day: int) -> str:
+        """The partition of ``table`` holding UTC day ``day`` (days since the epoch)."""
+        return f"{table}_d{day}"
+
+    def partition_ddl(self, table: str, day: int) -> str:
+        start = day * 86400
+        return (
+            f"CREATE TABLE IF NOT EXISTS {self.partition_name(table, day)} PARTITION OF {table}"
+            f" FOR VALUES FROM ({start}) TO ({start + 86400})"
+        )
+
+
+SQLITE: Final = _SQLite(
     name="sqlite",
     mark="?",
     types={
@@ -261,7 +364,7 @@ SQLITE: Final[Dialect] = _SQLite(
     least="min",
     keyed_table_suffix=" WITHOUT ROWID",
 )
-POSTGRESQL: Final[Dialect] = _Postgres(
+POSTGRESQL: Final = _Postgres(
     name="postgresql",
     mark="%s",
     types={

@@ -15,13 +15,15 @@ psycopg is imported when the store first connects, so the module imports without
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from .api import Pruned
 from .base import StoreBase
-from .dialect import POSTGRESQL
+from .dialect import FIRSTS, POSTGRESQL
 from .rows import Rows, split_rows
 from .tables import ROLLED_UP, ROLLUPS, TABLES
 
@@ -32,41 +34,75 @@ __all__ = ["PostgresStore"]
 
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _SCHEMA_LOCK: Final = 0x6F776E6572736870  # advisory lock id: b"ownershp"
-_REQUIRED_TABLES: Final = (*TABLES, *(r.name for r in ROLLUPS), "unattributed_hourly")
+_REQUIRED_TABLES: Final = (
+    *TABLES,
+    *(r.name for r in ROLLUPS),
+    "unattributed_hourly",
+    "unpriced_hourly",
+)
 
 
 def _stage(table: str) -> str:
     return f"_oc_stage_{table}"
 
 
-def _move_sql(table: str) -> str:
-    """Staging -> table (duplicates ignored), and for rolled-up tables every rollup upsert."""
+def _move_sql(table: str, key: str) -> str:
+    """Staging -> table (duplicates ignored: ``key`` is the table's unique key), and for
+    rolled-up tables every rollup upsert."""
     cols = POSTGRESQL.insert_columns(table)
     insert = (
         f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {_stage(table)}"
-        " ON CONFLICT (event_id) DO NOTHING"
+        f" ON CONFLICT ({key}) DO NOTHING"
     )
     if table not in ROLLED_UP:
         return insert
-    steps = [f"inserted AS ({insert} RETURNING *)"]
+    # Requests: which inserted rows start a trace (user actions), marked once for the batch.
+    rows = "FROM firsts" if table == "requests" else "FROM inserted"
+    steps = [
+        f"inserted AS ({insert} RETURNING *)",
+        *([FIRSTS] if table == "requests" else []),
+        f"delta AS ({POSTGRESQL.delta_select(table, rows)})",
+    ]
     for i, rollup in enumerate(ROLLUPS):
-        steps.append(f"r{i} AS ({POSTGRESQL.rollup_upsert(rollup, table, 'FROM inserted')})")
+        steps.append(f"r{i} AS ({POSTGRESQL.rollup_upsert(rollup, 'delta')})")
     if table == "provider_calls":
         steps.append(f"u AS ({POSTGRESQL.unattributed_upsert('FROM inserted WHERE TRUE')})")
+        steps.append(f"p AS ({POSTGRESQL.unpriced_upsert('FROM inserted WHERE TRUE')})")
     return f"WITH {', '.join(steps)} SELECT 1"
 
 
 _UPGRADE: Final = [
-    *[POSTGRESQL.rollup_upsert(ROLLUPS[1], t, f"FROM {t} WHERE TRUE") for t in ROLLED_UP],
     POSTGRESQL.unattributed_upsert("FROM provider_calls WHERE TRUE"),
+    POSTGRESQL.unpriced_upsert("FROM provider_calls WHERE TRUE"),
 ]
+#: Rollups from before they measured user actions, failed attempts, avoided and estimated
+#: usage (and counted cache hits as calls): every tier dropped and rebuilt from the raw rows.
+_REBUILD: Final = [
+    f"WITH delta AS ({POSTGRESQL.delta_select(t, f'FROM {t}')})"
+    f" {POSTGRESQL.rollup_upsert(rollup, 'delta')}"
+    for rollup in ROLLUPS
+    for t in ROLLED_UP
+]
+
+
+def _outdated_rollups(conn: psycopg.Connection[Any]) -> bool:
+    found = conn.execute(
+        "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
+        " AND table_name = 'rollup_hourly' AND column_name = 'user_actions'"
+    ).fetchone()
+    return _exists(conn, "rollup_hourly") and found is None
 
 
 def _exists(conn: psycopg.Connection[Any], table: str) -> bool:
     return conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is not None  # type: ignore[index]
 
 
-_MOVES: Final = {table: _move_sql(table) for table in TABLES}
+#: Per layout: day-partitioned tables (key event_id, ts), or the unpartitioned tables of
+#: stores created before partitioning (key event_id; pruned with DELETE).
+_MOVES: Final = {
+    True: {table: _move_sql(table, "event_id, ts") for table in TABLES},
+    False: {table: _move_sql(table, "event_id") for table in TABLES},
+}
 _COPIES: Final = {
     table: f"COPY {_stage(table)} ({POSTGRESQL.insert_columns(table)}) FROM STDIN"
     for table in TABLES
@@ -86,6 +122,7 @@ class PostgresStore(StoreBase):
         connect_timeout: float = 5.0,
         statement_timeout: float = 60.0,
         readonly: bool = False,
+        create: bool = True,
     ) -> None:
         if schema is not None and not _IDENTIFIER.fullmatch(schema):
             raise ValueError(f"schema must be a plain SQL identifier, not {schema!r}")
@@ -96,6 +133,10 @@ class PostgresStore(StoreBase):
         # A read-only store (reports) runs no DDL: a missing schema or table is an error, and
         # every session is read-only, so a role with SELECT alone can read.
         self.readonly = readonly
+        # create=False (retention): write to the store that is there, never create one.
+        self.create = create
+        self._partitioned = True
+        self._partitions: set[tuple[str, int]] = set()
         self._conn: psycopg.Connection[Any] | None = None
         self._reader: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()
@@ -116,9 +157,10 @@ class PostgresStore(StoreBase):
             options=options,
             autocommit=True,
         )
-        if self.readonly:
+        if self.readonly or not self.create:
             try:
-                conn.execute("SET default_transaction_read_only = on")
+                if self.readonly:
+                    conn.execute("SET default_transaction_read_only = on")
                 missing = [
                     t
                     for t in _REQUIRED_TABLES
@@ -133,6 +175,7 @@ class PostgresStore(StoreBase):
                 raise psycopg.errors.UndefinedTable(
                     f"no ownership_ctx table {missing[0]} in {where} (check the URL's ?schema=)"
                 )
+            self._partitioned = _is_partitioned(conn)
             conn.autocommit = autocommit
             return conn
         try:
@@ -142,13 +185,19 @@ class PostgresStore(StoreBase):
                 if self.schema:
                     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
                 upgrading = _exists(conn, "provider_calls") and not _exists(conn, "rollup_daily")
+                rebuild = upgrading or _outdated_rollups(conn)
+                if rebuild:
+                    for rollup in ROLLUPS:
+                        conn.execute(f"DROP TABLE IF EXISTS {rollup.name}")
                 for statement in POSTGRESQL.schema():
                     conn.execute(statement)
-                if upgrading:
-                    # A store from before the daily and unattributed tiers: build them once
-                    # from the raw rows already stored.
-                    for statement in _UPGRADE:
+                if rebuild:
+                    # Built once from the raw rows already stored (the unattributed and
+                    # unpriced tiers too, for a store from before them).
+                    for statement in _REBUILD + (_UPGRADE if upgrading else []):
                         conn.execute(statement)
+            self._partitioned = _is_partitioned(conn)
+            self._partitions = set()  # a new connection may see a recreated schema
             if not autocommit:
                 for table in TABLES:
                     conn.execute(
@@ -192,13 +241,42 @@ class PostgresStore(StoreBase):
                 ) as e:
                     if isinstance(e, psycopg.errors.UndefinedTable):
                         raise  # schema dropped under us: reconnecting recreates it
+                    # A day partition dropped under us (retention by another process) is
+                    # created again: forget what this store believed exists.
+                    self._partitions.clear()
                     # An odd value must not hold back its batch: coerce and try once more.
                     self._insert(conn, _nul_free(split_rows(events, sanitize=True)))
             except psycopg.Error:
                 self._drop(conn)
                 raise
 
+    def _ensure_partitions(self, conn: psycopg.Connection[Any], rows: Rows) -> None:
+        """The day partitions these rows go to, created in a transaction of their own (short:
+        it locks the parent table) before the rows are written."""
+        wanted = {
+            (table, int(row[1] // 86400))
+            for table, table_rows in rows.items()
+            for row in table_rows
+            if isinstance(row[1], (int, float)) and math.isfinite(row[1])
+        } - self._partitions
+        if not wanted:
+            return
+        try:
+            # One creator at a time: CREATE ... IF NOT EXISTS races between hosts.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            for table, day in sorted(wanted):
+                conn.execute(POSTGRESQL.partition_ddl(table, day))
+            conn.commit()
+        except BaseException:
+            if not conn.closed:
+                conn.rollback()
+            raise
+        self._partitions |= wanted
+
     def _insert(self, conn: psycopg.Connection[Any], rows: Rows) -> None:
+        if self._partitioned:
+            self._ensure_partitions(conn, rows)
+        moves = _MOVES[self._partitioned]
         try:
             with conn.cursor() as cur:
                 for table, table_rows in rows.items():
@@ -207,7 +285,7 @@ class PostgresStore(StoreBase):
                     with cur.copy(_COPIES[table]) as copy:
                         for row in table_rows:
                             copy.write_row(row)
-                    cur.execute(_MOVES[table])
+                    cur.execute(moves[table])
             conn.commit()
         except BaseException:
             if not conn.closed:
@@ -220,6 +298,43 @@ class PostgresStore(StoreBase):
         # Closing a broken connection may fail: it is gone either way.
         with contextlib.suppress(Exception):
             conn.close()
+
+    def prune(self, before: float) -> Pruned:
+        """Remove the events older than ``before`` (a UTC midnight, epoch seconds): drop the
+        day partitions that end by then (and delete older rows of an unpartitioned store);
+        the unattributed rollup's rows too. Rollups (hourly, daily, unpriced) are kept."""
+        import psycopg
+
+        with self._lock:
+            conn = self._conn
+            if conn is None or conn.closed:
+                conn = self._conn = self._connect(autocommit=False)
+            events = partitions = 0
+            try:
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                for table in TABLES:
+                    for (name,) in conn.execute(_PARTITIONS, (table,)).fetchall():
+                        day = _day_of(table, str(name))
+                        if day is None or (day + 1) * 86400 > before:
+                            continue
+                        (count,) = conn.execute(f"SELECT count(*) FROM {name}").fetchone()  # type: ignore[misc]
+                        conn.execute(f"DROP TABLE {name}")
+                        events += int(count)
+                        partitions += 1
+                        self._partitions.discard((table, day))
+                    # Rows older than that in an unpartitioned store, or in a partition that
+                    # is not a whole day (none are created so, but a DBA may attach one).
+                    events += conn.execute(f"DELETE FROM {table} WHERE ts < %s", (before,)).rowcount
+                conn.execute("DELETE FROM unattributed_hourly WHERE hour < %s", (before,))
+                conn.commit()
+            except psycopg.Error:
+                self._drop(conn)
+                raise
+            except BaseException:
+                if not conn.closed:
+                    conn.rollback()
+                raise
+        return Pruned(events, partitions)
 
     def close(self) -> None:
         with self._lock:
@@ -248,6 +363,25 @@ class PostgresStore(StoreBase):
     def _is_database_error(self, error: BaseException) -> bool:
         # psycopg is optional: recognise its errors by module rather than importing it.
         return isinstance(error, OSError) or type(error).__module__.startswith("psycopg")
+
+
+_PARTITIONS: Final = (
+    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+    " WHERE i.inhparent = to_regclass(%s) ORDER BY c.relname"
+)
+
+
+def _day_of(table: str, partition: str) -> int | None:
+    prefix = POSTGRESQL.partition_name(table, 0)[:-1]
+    digits = partition[len(prefix) :] if partition.startswith(prefix) else ""
+    return int(digits) if digits.lstrip("-").isdigit() else None
+
+
+def _is_partitioned(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute(
+        "SELECT relkind FROM pg_class WHERE oid = to_regclass('provider_calls')"
+    ).fetchone()
+    return row is not None and row[0] == "p"
 
 
 def _nul_free(rows: Rows) -> Rows:

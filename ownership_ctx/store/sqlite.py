@@ -17,9 +17,11 @@ import os
 import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final, Literal
 from urllib.parse import quote
 
+from .api import Pruned
 from .base import StoreBase
 from .dialect import SQLITE
 from .rows import Rows, split_rows
@@ -28,8 +30,10 @@ from .tables import ROLLED_UP, ROLLUPS, TABLES
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 #: ``PRAGMA user_version`` of the current layout. 1: raw tables and rollup_hourly;
-#: 2: + rollup_daily and unattributed_hourly (built from the older tables on upgrade).
-SCHEMA_VERSION: Final = 2
+#: 2: + rollup_daily, unattributed_hourly and unpriced_hourly (built from the raw rows on
+#: upgrade); 3: rollups measure user actions, failed attempts, avoided and estimated usage,
+#: and calls without cache hits (every tier rebuilt from the raw rows on upgrade).
+SCHEMA_VERSION: Final = 3
 
 _INSERTS: Final = {
     table: f"INSERT OR IGNORE INTO {table} ({SQLITE.insert_columns(table)})"
@@ -37,20 +41,38 @@ _INSERTS: Final = {
     for table in TABLES
 }
 #: Per rolled-up table: the statements that roll up the rows this transaction inserted
-#: (``id > ?``: new rows get ids above the maximum before the transaction).
+#: (``id > ?``: new rows get ids above the maximum before the transaction): aggregate them
+#: once into a per-connection delta table, add the delta to every tier.
+_DELTA: Final = "temp.oc_delta"
 _ROLLUPS: Final = {
-    table: [SQLITE.rollup_upsert(r, table, f"FROM {table} WHERE id > ?") for r in ROLLUPS]
-    + (
-        [SQLITE.unattributed_upsert(f"FROM {table} WHERE id > ?")]
-        if table == "provider_calls"
-        else []
-    )
+    table: [
+        (f"DELETE FROM {_DELTA}", False),
+        (f"INSERT INTO {_DELTA} {SQLITE.delta_select(table, f'FROM {table} WHERE id > ?')}", True),
+        *[(SQLITE.rollup_upsert(r, _DELTA), False) for r in ROLLUPS],
+        *(
+            [
+                (SQLITE.unattributed_upsert(f"FROM {table} WHERE id > ?"), True),
+                (SQLITE.unpriced_upsert(f"FROM {table} WHERE id > ?"), True),
+            ]
+            if table == "provider_calls"
+            else []
+        ),
+    ]
     for table in ROLLED_UP
 }
-_UPGRADE_2: Final = [
-    *[SQLITE.rollup_upsert(ROLLUPS[1], t, f"FROM {t} WHERE id > ?") for t in ROLLED_UP],
-    SQLITE.unattributed_upsert("FROM provider_calls WHERE id > ?"),
+#: From version 2: the rollup tiers (dropped first) rebuilt from the raw rows; from version 1,
+#: the unattributed and unpriced tiers built too (every step).
+_REBUILD_3: Final = [
+    step
+    for table in ROLLED_UP
+    for step in _ROLLUPS[table]
+    if "unattributed_hourly" not in step[0] and "unpriced_hourly" not in step[0]
 ]
+_UPGRADE_1: Final = [step for table in ROLLED_UP for step in _ROLLUPS[table]]
+#: Events converted to rows per step of a batch: the rows of one step are inserted by the
+#: store's inserter thread (SQLite works without the GIL) while the caller's thread converts
+#: the next step's events.
+_STEP: Final = 256
 _DATA_ERRORS: Final = (
     sqlite3.InterfaceError,
     sqlite3.ProgrammingError,
@@ -59,6 +81,16 @@ _DATA_ERRORS: Final = (
     TypeError,
     ValueError,
 )
+
+
+def _insert_rows(conn: sqlite3.Connection, rows: Rows) -> set[str]:
+    """Insert rows (in the caller's transaction); the tables that had rows."""
+    touched = set()
+    for table, table_rows in rows.items():
+        if table_rows:
+            conn.executemany(_INSERTS[table], table_rows)
+            touched.add(table)
+    return touched
 
 
 class SQLiteStore(StoreBase):
@@ -74,11 +106,14 @@ class SQLiteStore(StoreBase):
         cache_mb: int = 32,
         synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL",
         readonly: bool = False,
+        create: bool = True,
     ) -> None:
         self.path = os.fspath(path)
         # A read-only store (reports) opens the file with mode=ro: it never creates the file,
         # its tables, or a WAL; writing through it raises.
         self.readonly = readonly
+        # create=False (retention): write to the store that is there, never create one.
+        self.create = create
         self.busy_timeout = busy_timeout
         self.cache_mb = cache_mb
         self.synchronous = synchronous
@@ -86,6 +121,7 @@ class SQLiteStore(StoreBase):
         self._reader: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
+        self._inserter: ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
@@ -93,8 +129,8 @@ class SQLiteStore(StoreBase):
     # -- connections -------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        if self.readonly:
-            return self._connect_readonly()
+        if self.readonly or not self.create:
+            return self._connect_existing()
         conn = sqlite3.connect(
             self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
@@ -107,6 +143,7 @@ class SQLiteStore(StoreBase):
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version < SCHEMA_VERSION:
                 self._create(conn)
+            self._create_delta(conn)
         except BaseException:
             conn.close()
             raise
@@ -117,12 +154,17 @@ class SQLiteStore(StoreBase):
         try:
             (version,) = conn.execute("PRAGMA user_version").fetchone()  # under the lock now
             if version < SCHEMA_VERSION:
+                if version > 0:
+                    for rollup in ROLLUPS:
+                        conn.execute(f"DROP TABLE IF EXISTS {rollup.name}")
+                    conn.execute(f"DROP TABLE IF EXISTS {_DELTA}")  # it copies their columns
                 for statement in SQLITE.schema():
                     conn.execute(statement)
-                if version == 1:
-                    # Tiers added in version 2: built once from the raw rows already stored.
-                    for statement in _UPGRADE_2:
-                        conn.execute(statement, (0,))
+                if version > 0:
+                    # Built once from the raw rows already stored.
+                    self._create_delta(conn)
+                    for statement, with_id in _UPGRADE_1 if version == 1 else _REBUILD_3:
+                        conn.execute(statement, (0,) if with_id else ())
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
@@ -130,10 +172,20 @@ class SQLiteStore(StoreBase):
                 conn.execute("ROLLBACK")
             raise
 
-    def _connect_readonly(self) -> sqlite3.Connection:
+    @staticmethod
+    def _create_delta(conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA temp_store=MEMORY")
+        conn.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {_DELTA.partition('.')[2]}"
+            " AS SELECT * FROM rollup_hourly WHERE 0"
+        )
+
+    def _connect_existing(self) -> sqlite3.Connection:
+        """The store that is there (read-only, or read-write without creating anything)."""
         if not os.path.isfile(self.path):
             raise FileNotFoundError(f"no event store at {self.path!r}")
-        uri = f"file:{quote(os.path.abspath(self.path))}?mode=ro"
+        mode = "ro" if self.readonly else "rw"
+        uri = f"file:{quote(os.path.abspath(self.path))}?mode={mode}"
         conn = sqlite3.connect(
             uri, uri=True, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
@@ -155,6 +207,10 @@ class SQLiteStore(StoreBase):
                 f"{self.path!r} was written by an older ownership_ctx: open it once for writing"
                 " (any application with sinks.install) to upgrade it"
             )
+        if not self.readonly:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            self._create_delta(conn)
         return conn
 
     # -- writing -----------------------------------------------------------------------------
@@ -173,7 +229,7 @@ class SQLiteStore(StoreBase):
                 return
             try:
                 try:
-                    self._insert(conn, split_rows(events))
+                    self._insert_overlapped(conn, events)
                 except _DATA_ERRORS:
                     # One odd value (a list where a number belongs, an int beyond 64 bits)
                     # must not hold back its batch: coerce everything and try once more.
@@ -183,6 +239,45 @@ class SQLiteStore(StoreBase):
                 # from a fresh connection on the next try.
                 self._drop_connection()
                 raise
+
+    def _insert_overlapped(self, conn: sqlite3.Connection, events: list[Mapping[str, Any]]) -> None:
+        """`_insert`, with the conversion of each step's events to rows done while the
+        previous step's rows are being inserted (one transaction all the same)."""
+        if len(events) <= _STEP:
+            self._insert(conn, split_rows(events))
+            return
+        if self._inserter is None:
+            self._inserter = ThreadPoolExecutor(1, thread_name_prefix="ownership_ctx-sqlite")
+        pending: Future[set[str]] | None = None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            before = {
+                table: conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0]
+                for table in ROLLED_UP
+            }
+            touched: set[str] = set()
+            for i in range(0, len(events), _STEP):
+                rows = split_rows(events[i : i + _STEP])
+                if pending is not None:
+                    touched |= pending.result()
+                pending = self._inserter.submit(_insert_rows, conn, rows)
+            if pending is not None:
+                touched |= pending.result()
+            for table in ROLLED_UP:
+                if table in touched:
+                    for statement, with_id in _ROLLUPS[table]:
+                        conn.execute(statement, (before[table],) if with_id else ())
+            conn.execute("COMMIT")
+        except BaseException:
+            if pending is not None:
+                with contextlib.suppress(BaseException):
+                    pending.result()  # never leave the inserter running on the connection
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    self._drop_connection()
+            raise
 
     def _insert(self, conn: sqlite3.Connection, rows: Rows) -> None:
         conn.execute("BEGIN IMMEDIATE")
@@ -196,8 +291,8 @@ class SQLiteStore(StoreBase):
                     # inserted, and only those.
                     (before,) = conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()
                 conn.executemany(_INSERTS[table], table_rows)
-                for statement in rollups or ():
-                    conn.execute(statement, (before,))
+                for statement, with_id in rollups or ():
+                    conn.execute(statement, (before,) if with_id else ())
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -207,15 +302,44 @@ class SQLiteStore(StoreBase):
                     self._drop_connection()
             raise
 
+    def prune(self, before: float) -> Pruned:
+        """Delete the events older than ``before`` (epoch seconds) and the unattributed
+        rollup's rows before it, in one transaction. Rollups (hourly, daily, unpriced) are
+        kept. The file does not shrink: SQLite reuses the freed pages (VACUUM returns them)."""
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                conn = self._conn = self._connect()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                events = sum(
+                    conn.execute(f"DELETE FROM {table} WHERE ts < ?", (before,)).rowcount
+                    for table in TABLES
+                )
+                conn.execute("DELETE FROM unattributed_hourly WHERE hour < ?", (before,))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return Pruned(events, 0)
+
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
 
+    def after_fork_in_child(self) -> None:
+        super().after_fork_in_child()
+        self._inserter = None  # its thread did not survive the fork
+
     def close(self) -> None:
         with self._lock:
             self._drop_connection()
+            inserter, self._inserter = self._inserter, None
+            if inserter is not None:
+                inserter.shutdown(wait=True)
         with self._read_lock:
             reader, self._reader = self._reader, None
             if reader is not None:

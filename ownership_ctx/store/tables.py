@@ -11,7 +11,10 @@ package spells a column or a measure.
   for whole days and the hourly one for the hours at either end.
 - ``unattributed_hourly``: the calls the coverage report traces to their hops, per hour x
   trace x attribution x which ownership fields were present (it grows with unattributed
-  traces, not with calls).
+  traces, not with calls); ``unpriced_hourly``: calls without a cost, per hour x reason.
+  Their SQL is in `ownership_ctx.store.dialect` (they are keyed counters, not measures).
+
+On PostgreSQL the raw tables are partitioned by UTC day (`ownership_ctx.store.retention`).
 """
 
 from __future__ import annotations
@@ -224,7 +227,8 @@ UNATTRIBUTED_CALL: Final = (
 class Measure:
     """One summed rollup column: its aggregate over the provider_calls rows a transaction
     inserted, and over the requests rows. Written in the SQL both databases share;
-    ``{cost}`` / ``{cost_avoided}`` stand for the dialect's summable cost column."""
+    ``{cost}`` / ``{cost_avoided}`` stand for the dialect's summable cost column, and
+    ``{first_of_trace}`` for the dialect's test that a requests row is its trace's first."""
 
     name: str
     kind: Literal["count", "money"]
@@ -232,19 +236,39 @@ class Measure:
     requests: str = "0"
 
 
+#: A failed attempt that reported no usage: free (the provider bills nothing), so not a call.
+_FAILED: Final = "(coalesce(status, 'ok') <> 'ok' AND input_tokens IS NULL AND {cost} IS NULL)"
+_HIT: Final = "app_cache_hit"
+_ESTIMATED: Final = "usage_status = 'estimated'"
+
+#: ``calls`` are provider calls made and billed: an application cache hit answered without a
+#: call (its would-be usage is ``avoided_*``, never tokens consumed), and a failed attempt
+#: without usage is free (``failed_attempts``). Token sums are of calls only. ``requests``
+#: counts every request event (each service's own); ``user_actions`` one per trace: the
+#: first request event stored for it (an action crossing a gateway and an internal service is
+#: one). ``unpriced_calls``: calls whose cost is unknown (failed attempts are not).
 MEASURES: Final = (
-    Measure("calls", "count", "count(*)"),
+    Measure("calls", "count", f"count(CASE WHEN {_HIT} OR {_FAILED} THEN NULL ELSE 1 END)"),
     Measure("requests", "count", "0", "count(*)"),
     Measure("errors", "count", "count(CASE WHEN status = 'error' THEN 1 END)"),
     Measure("retries", "count", "count(CASE WHEN attempt > 1 THEN 1 END)"),
     Measure("fallbacks", "count", "count(fallback_of)"),
-    Measure("app_cache_hits", "count", "count(CASE WHEN app_cache_hit THEN 1 END)"),
-    Measure("unpriced_calls", "count", "count(*) - count({cost})"),
-    Measure("input_tokens", "count", "coalesce(sum(input_tokens), 0)"),
-    Measure("output_tokens", "count", "coalesce(sum(output_tokens), 0)"),
-    Measure("cache_read_tokens", "count", "coalesce(sum(cache_read_tokens), 0)"),
-    Measure("cache_write_tokens", "count", "coalesce(sum(cache_write_tokens), 0)"),
-    Measure("reasoning_tokens", "count", "coalesce(sum(reasoning_tokens), 0)"),
+    Measure("app_cache_hits", "count", f"count(CASE WHEN {_HIT} THEN 1 END)"),
+    Measure(
+        "unpriced_calls",
+        "count",
+        f"count(CASE WHEN {_FAILED} THEN NULL WHEN {{cost}} IS NULL THEN 1 END)",
+    ),
+    *(
+        Measure(name, "count", f"coalesce(sum(CASE WHEN {_HIT} THEN 0 ELSE {name} END), 0)")
+        for name in (
+            "input_tokens",
+            "output_tokens",
+            "cache_read_tokens",
+            "cache_write_tokens",
+            "reasoning_tokens",
+        )
+    ),
     Measure("cost", "money", "coalesce(sum({cost}), 0)"),
     Measure(
         "unattributed_cost",
@@ -252,6 +276,20 @@ MEASURES: Final = (
         f"coalesce(sum(CASE WHEN {UNATTRIBUTED_CALL} THEN {{cost}} END), 0)",
     ),
     Measure("cost_avoided", "money", "coalesce(sum({cost_avoided}), 0)"),
+    Measure("user_actions", "count", "0", "count(CASE WHEN {first_of_trace} THEN 1 END)"),
+    Measure("failed_attempts", "count", f"count(CASE WHEN {_FAILED} THEN 1 END)"),
+    Measure(
+        "avoided_input_tokens", "count", f"coalesce(sum(CASE WHEN {_HIT} THEN input_tokens END), 0)"
+    ),
+    Measure(
+        "avoided_output_tokens",
+        "count",
+        f"coalesce(sum(CASE WHEN {_HIT} THEN output_tokens END), 0)",
+    ),
+    Measure("estimated_calls", "count", f"count(CASE WHEN {_ESTIMATED} THEN 1 END)"),
+    Measure(
+        "estimated_cost", "money", f"coalesce(sum(CASE WHEN {_ESTIMATED} THEN {{cost}} END), 0)"
+    ),
 )
 MEASURE_NAMES: Final = tuple(m.name for m in MEASURES)
 

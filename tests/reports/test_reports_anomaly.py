@@ -17,17 +17,19 @@ def test_scenario_search_week_over_week(main: Source) -> None:
     result = anomaly(main, "search", parse_period("2026-W02"), parse_period("2026-W03"))
     b, c, d = result.baseline, result.current, result.decomposition
     assert (b.requests, b.calls, b.spend) == (10, 10, D("0.04"))
-    assert (c.requests, c.calls, c.spend, c.retries, c.fallbacks) == (20, 27, D("0.074"), 4, 2)
+    # Billed calls only (issue 14): the 6 failed attempts are free and the cache hit is no
+    # call, so neither moves calls per request nor the mix.
+    assert (c.requests, c.calls, c.spend, c.retries, c.fallbacks) == (20, 20, D("0.074"), 4, 2)
     assert dict(c.models) == {
-        "openai/gpt-4o": ModelStats(24, 22_500, D("0.072")),
-        "openai/gpt-4o-mini": ModelStats(3, 4_500, D("0.002")),
+        "openai/gpt-4o": ModelStats(18, 22_500, D("0.072")),
+        "openai/gpt-4o-mini": ModelStats(2, 3_000, D("0.002")),
     }
     assert d.basis == "requests" and d.change == D("0.034")
     assert d.contributions == {
         "volume": D("0.04"),  # twice the requests
-        "calls_per_request": D("0.028"),  # 1 -> 1.35 calls per request (retries, fallbacks)
-        "mix": D("-0.01"),  # some calls moved to the cheaper mini
-        "tokens_per_call": D("-0.024"),  # failed attempts carry no tokens
+        "calls_per_request": D("0"),  # still one billed call per request
+        "mix": D("-0.006"),  # 2 of 20 calls moved to the cheaper mini: 20 x 0.1 x -0.003
+        "tokens_per_call": D("0"),
         "price": D("0"),  # prices did not change
         "unmodeled": D("0"),
     }

@@ -28,7 +28,9 @@ def test_by_team(main: Source) -> None:
         for r in result.rows
     }
     assert got == {
-        "search": (D("0.114"), 30, 37, 31_000, 8_500),
+        # Calls are billed calls: not the 6 failed attempts (free), not the cache hit, whose
+        # would-be tokens are avoided, not consumed (issue 14).
+        "search": (D("0.114"), 30, 30, 30_000, 8_000),
         "support": (D("0.024"), 10, 8, 16_000, 1_600),
         "growth": (D("0.004"), 1, 1, 1_000, 250),
         None: (D("0.003"), 0, 3, 3_000, 1_500),
@@ -39,22 +41,25 @@ def test_by_team(main: Source) -> None:
         4,
         2,
         1,
-        6,
+        0,
     )
+    assert search.failed_attempts == 6
+    assert (search.avoided_input_tokens, search.avoided_output_tokens) == (1_000, 500)
+    assert search.cost_avoided == D("0.001")
     assert search.cost_per_request == D("0.0038")
     assert search.share == D("0.786207")  # 0.114 / 0.145
     t = result.total
-    assert (t.spend, t.requests, t.calls, t.unpriced_calls) == (D("0.145"), 41, 49, 6)
+    assert (t.spend, t.requests, t.calls, t.unpriced_calls) == (D("0.145"), 41, 42, 0)
     assert t.unattributed_spend == D("0.003")  # no owner (the rollup's own measure)
-    assert any("6 call(s) have no cost" in n for n in result.notes)
+    assert any("6 failed attempt(s)" in n for n in result.notes)
 
 
 def test_by_team_and_model_cannot_split_requests(main: Source) -> None:
     result = chargeback(main, ALL, parse_by("team,model"))
     got = {tuple(r.group.values()): (r.spend, r.calls, r.requests) for r in result.rows}
     assert got == {
-        ("search", "gpt-4o"): (D("0.112"), 34, None),
-        ("search", "gpt-4o-mini"): (D("0.002"), 3, None),
+        ("search", "gpt-4o"): (D("0.112"), 28, None),
+        ("search", "gpt-4o-mini"): (D("0.002"), 2, None),
         ("support", "claude-haiku-4-5"): (D("0.024"), 8, None),
         ("growth", "gpt-4o"): (D("0.004"), 1, None),
         (None, "gpt-4o-mini"): (D("0.003"), 3, None),

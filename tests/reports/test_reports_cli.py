@@ -108,9 +108,9 @@ def test_trace_and_anomaly(main_url: str) -> None:
     data = json.loads(anomaly.stdout)
     assert data["contributions"] == {
         "volume": "0.04",
-        "calls_per_request": "0.028",
-        "mix": "-0.01",
-        "tokens_per_call": "-0.024",
+        "calls_per_request": "0",  # failed attempts are free: not calls (issue 14)
+        "mix": "-0.006",
+        "tokens_per_call": "0",
         "price": "0",
         "unmodeled": "0",
     }

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from ownership_ctx import events
-from ownership_ctx.sinks.pipeline import Pipeline, encode_event
+from ownership_ctx.schema.encoding import encode_event
+from ownership_ctx.sinks.pipeline import Pipeline
 from tests.store.helpers import provider_call
 
 

@@ -63,6 +63,7 @@ def an_event(draw: st.DrawFn, n: int) -> dict[str, Any]:
                 ),
                 "cost_avoided": draw(st.sampled_from([None, "0.125"])),
                 "app_cache_hit": draw(st.booleans()),
+                "usage_status": draw(maybe("reported", "estimated")),
                 "fallback_of": draw(maybe("gpt-4o")),
             }
         )
@@ -119,12 +120,17 @@ def expected_rollups(
             row["requests"] += 1
             continue
         c = cost(e.get("cost"))
-        row["calls"] += 1
+        # A cache hit is no call (its tokens are avoided); a failed attempt without usage is
+        # free: neither is a call, nor are their tokens consumed.
+        hit = bool(e.get("app_cache_hit"))
+        failed = e["status"] != "ok" and e.get("gen_ai.usage.input_tokens") is None and c is None
+        row["calls"] += not hit and not failed
+        row["failed_attempts"] += failed
         row["errors"] += e["status"] == "error"
         row["retries"] += (e.get("attempt") or 0) > 1
         row["fallbacks"] += e.get("fallback_of") is not None
-        row["app_cache_hits"] += bool(e.get("app_cache_hit"))
-        row["unpriced_calls"] += c is None
+        row["app_cache_hits"] += hit
+        row["unpriced_calls"] += c is None and not failed
         for name, key_ in (
             ("input_tokens", "gen_ai.usage.input_tokens"),
             ("output_tokens", "gen_ai.usage.output_tokens"),
@@ -132,12 +138,19 @@ def expected_rollups(
             ("cache_write_tokens", "gen_ai.usage.cache_creation.input_tokens"),
             ("reasoning_tokens", "gen_ai.usage.reasoning.output_tokens"),
         ):
-            row[name] += e.get(key_) or 0
+            row[f"avoided_{name}" if hit else name] += e.get(key_) or 0
+        if e.get("usage_status") == "estimated":
+            row["estimated_calls"] += 1
+            row["estimated_cost"] += c or 0
         row["cost"] += c or 0
         if e["attribution"] != "attributed" or not e.get("owner_team"):
             row["unattributed_cost"] += c or 0
         row["cost_avoided"] += cost(e.get("cost_avoided")) or 0
     return out
+
+
+def unique_events(batches: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    return list({e["event_id"]: e for batch in batches for e in batch}.values())
 
 
 def check(store: EventQueries, batches: list[list[dict[str, Any]]], *, nanos: bool) -> None:
@@ -155,8 +168,14 @@ def check(store: EventQueries, batches: list[list[dict[str, Any]]], *, nanos: bo
             "calls", "requests", "errors", "retries", "fallbacks", "app_cache_hits",
             "unpriced_calls", "input_tokens", "output_tokens", "cache_read_tokens",
             "cache_write_tokens", "reasoning_tokens", "cost", "unattributed_cost", "cost_avoided",
+            "failed_attempts", "avoided_input_tokens", "avoided_output_tokens",
+            "estimated_calls", "estimated_cost",
         ):  # fmt: skip
             assert getattr(row, name) == measures.get(name, 0), (key, name)
+    # One user action per trace: its first request event stored (which bucket holds it
+    # depends on write order, so the total is checked).
+    traces = {e["trace_id"] for e in unique_events(batches) if e["kind"] == "request"}
+    assert sum(r.user_actions for r in got.values()) == len(traces)
     # Any coarser grouping is the sum of the fine one.
     teams: dict[Any, int] = defaultdict(int)
     for key, measures in expected.items():

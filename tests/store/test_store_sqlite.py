@@ -75,13 +75,15 @@ def test_rollup_measures(store: SQLiteStore) -> None:
         ]
     )
     (total,) = store.rollups(HOUR, HOUR + 3600)
-    assert (total.calls, total.requests, total.errors, total.retries) == (5, 1, 1, 1)
+    # The cache hit is no call (issue 14); the error reported usage, so it is a call.
+    assert (total.calls, total.requests, total.errors, total.retries) == (4, 1, 1, 1)
+    assert (total.failed_attempts, total.user_actions) == (0, 1)
     assert (total.fallbacks, total.app_cache_hits, total.unpriced_calls) == (1, 1, 1)
     assert total.cost == Decimal("4.0")
     assert total.unattributed_cost == Decimal("3.5")
     assert total.cost_avoided == Decimal("0.25")
     teams = {r.group["owner_team"]: r.calls for r in store.rollups(HOUR, HOUR + 1, ["owner_team"])}
-    assert teams == {"search": 4, None: 1}
+    assert teams == {"search": 3, None: 1}
     assert store.rollups(HOUR, HOUR + 1, ["owner_team"], where={"owner_team": None})[0].calls == 1
 
 
