@@ -107,6 +107,7 @@ class HtmlReport:
     wow: dict[str, Anomaly] = dataclasses.field(default_factory=dict)
     sections: list[Section] = dataclasses.field(default_factory=list)
     budgets: str = ""  # budget burn-down section (ownership_ctx.budgets.html), HTML
+    reconciliation: str = ""  # bills vs events (ownership_ctx.reconcile.render), HTML
 
     @property
     def places(self) -> int:
@@ -724,7 +725,7 @@ def render_html(report: HtmlReport) -> str:
         f'<div class="grid"><section><h3>Where ownership was lost</h3>'
         f'<div class="scroll">{_hops(cov, money)}</div></section>'
         f"<section><h3>Most expensive requests</h3>{_top_section(report, money)}</section></div>"
-        f"{report.budgets}{extra}"
+        f"{report.budgets}{report.reconciliation}{extra}"
     )
     csp = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
     return (

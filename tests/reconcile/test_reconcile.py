@@ -181,6 +181,14 @@ def test_html_section_and_dark_spend_for_coverage(loaded: str, tmp_path: Any) ->
     assert dark_spend(empty, D1, D1 + 86400) == 0
 
 
+def test_html_report_shows_the_reconciliation(loaded: str, tmp_path: Any) -> None:
+    page = tmp_path / "report.html"
+    code, _ = run("--db", loaded, "report", "--html", str(page), *SPAN)
+    assert code == 0
+    text = page.read_text(encoding="utf-8")
+    assert '<section id="reconciliation">' in text and "proj_b" in text
+
+
 def test_unreachable_postgresql_is_one_line_exit_2(capsys: Any) -> None:
     code, _ = run("--db", "postgresql://nobody@127.0.0.1:1/x", "reconcile")
     err = capsys.readouterr().err
