@@ -19,7 +19,6 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
-from . import estimate
 from .normalize import Parsed, parse_json
 from .recorder import Attempt, CallScope, failed, open_scope
 
@@ -52,9 +51,7 @@ class _Hooks:
     def before_call(self, params: Mapping[str, Any], context: dict[str, Any], **_: Any) -> None:
         try:
             model = params.get("modelId")
-            scope = open_scope(model if isinstance(model, str) else None)
-            scope.request_body = params  # the prompt of a cancelled stream is estimated from it
-            context[_SCOPE] = scope
+            context[_SCOPE] = open_scope(model if isinstance(model, str) else None)
         except Exception:
             failed("bedrock before-parameter-build")
 
@@ -67,6 +64,7 @@ class _Hooks:
             attempt = Attempt(scope, scope.next_attempt(), self.provider, "converse", "botocore")
             attempt.streaming = operation_name == "ConverseStream"
             context[_ATTEMPT] = attempt
+            scope.request_body = request.body  # JSON: a cancelled stream's prompt estimate
         except Exception:
             failed("bedrock request-created")
 
@@ -178,6 +176,8 @@ class MeteredEventStream:
                     parsed.problems.append("usage_missing")
             parsed.model = attempt.scope.request_model
             if status == "cancelled":
+                from . import estimate  # here: only a cancelled stream needs it
+
                 parsed = estimate.apply(
                     parsed,
                     prompt=estimate.prompt_chars(attempt.scope.request_body),
