@@ -391,7 +391,7 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 def _report(args: argparse.Namespace, ctx: Context) -> int:
     from ownership_ctx.reports.coverage import parse_threshold
-    from ownership_ctx.reports.html import build_report, render_html
+    from ownership_ctx.reports.html import Section, build_report, render_html
 
     threshold = parse_threshold(args.max_unattributed)
     from ownership_ctx.reconcile.render import html_section_for
@@ -400,8 +400,8 @@ def _report(args: argparse.Namespace, ctx: Context) -> int:
         ctx.store(), ctx.range(), top=max(0, args.top), threshold=threshold, progress=ctx.progress
     )
     # Bills live beside the events (`ownership-ctx reconcile import`): "" when there are none.
-    bills = html_section_for(ctx.db, report.range.start, report.range.end)
-    report = dataclasses.replace(report, reconciliation=bills)
+    if bills := html_section_for(ctx.db, report.range.start, report.range.end):
+        report = dataclasses.replace(report, sections=[*report.sections, Section("", bills)])
     page = render_html(report).encode("utf-8")
     with open(args.html, "wb") as f:
         f.write(page)

@@ -19,7 +19,6 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
-from . import estimate
 from .billing import Billing, request_metadata
 from .handoff import claim
 from .normalize import Parsed, parse_json
@@ -70,7 +69,6 @@ class _Hooks:
         try:
             model = params.get("modelId")
             scope = context[_SCOPE] = open_scope(model if isinstance(model, str) else None)
-            scope.request_body = params  # the prompt of a cancelled stream is estimated from it
             if scope.envelope is not None:
                 # The owner rides in the request so that Bedrock's invocation logs carry it
                 # too (the one per-request record AWS keeps): see docs/reconciliation.md.
@@ -95,6 +93,7 @@ class _Hooks:
             attempt.billing = self.billing
             attempt.streaming = operation_name == "ConverseStream"
             context[_ATTEMPT] = attempt
+            scope.request_body = request.body  # JSON: a cancelled stream's prompt estimate
         except Exception:
             failed("bedrock request-created")
 
@@ -206,6 +205,8 @@ class MeteredEventStream:
                     parsed.problems.append("usage_missing")
             parsed.model = attempt.scope.request_model
             if status == "cancelled":
+                from . import estimate  # here: only a cancelled stream needs it
+
                 parsed = estimate.apply(
                     parsed,
                     prompt=estimate.prompt_chars(attempt.scope.request_body),

@@ -101,9 +101,9 @@ def streamed_chars(api: str, payload: bytes) -> int:
 
 
 def prompt_chars(body: Any) -> int | None:
-    """Characters of prompt text in a request body (JSON bytes or an already decoded mapping,
-    such as boto3's parameters); ``None`` when the body is unknown or not a JSON object."""
-    if isinstance(body, (bytes, bytearray)):
+    """Characters of prompt text in a request body (JSON bytes or text, or an already decoded
+    mapping); ``None`` when the body is unknown or not a JSON object."""
+    if isinstance(body, (bytes, bytearray, str)):
         try:
             body = json.loads(body)
         except (ValueError, RecursionError):

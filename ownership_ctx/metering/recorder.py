@@ -94,11 +94,11 @@ class CallScope:
     request_model: str | None = None
     fallback_of: str | None = None
     fallback_of_call_id: str | None = None
-    attempts: int = 0
     budget: Any = None  # the call's budget reservation, when budgets are installed
-    #: The request body (JSON bytes, or boto3's parameters): read only to estimate the
-    #: prompt of a cancelled stream (`estimate`).
+    #: The request body (JSON bytes): read only to estimate the prompt of a cancelled
+    #: stream (`estimate`).
     request_body: Any = None
+    attempts: int = 0
 
     def next_attempt(self) -> int:
         self.attempts += 1

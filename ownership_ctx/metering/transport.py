@@ -49,20 +49,26 @@ def endpoint(method: str, path: str) -> str | None:
     return None
 
 
-def _request_body(request: Any) -> bytes | None:
+def _request_model(request: Any, api: str, path: str) -> str | None:
+    if api == "generate_content":
+        found = _GEMINI_MODEL.search(path)
+        return found.group(1) if found else None
     try:
         body = request.content
     except Exception:  # a streamed request body: not read here
         return None
-    return body if isinstance(body, bytes) else None
-
-
-def _request_model(body: bytes | None, api: str, path: str) -> str | None:
-    if api == "generate_content":
-        found = _GEMINI_MODEL.search(path)
-        return found.group(1) if found else None
-    match = _MODEL_IN_BODY.search(body) if body is not None else None
+    match = _MODEL_IN_BODY.search(body) if isinstance(body, bytes) else None
     return match.group(1).decode("utf-8", "replace") if match else None
+
+
+def _request_body(request: Any) -> bytes | None:
+    """The request's JSON body, kept by reference to estimate the prompt of a stream that is
+    cancelled (`estimate`); ``None`` for a streamed body, which is never read here."""
+    try:
+        body = request.content
+    except Exception:
+        return None
+    return body if isinstance(body, bytes) else None
 
 
 def _start(request: Any, provider: str) -> Attempt | None:
@@ -78,10 +84,9 @@ def _start(request: Any, provider: str) -> Attempt | None:
             scope = open_scope()
             retries = request.headers.get("x-stainless-retry-count", "0")
             scope.attempts = int(retries) if retries.isdigit() else 0
-        body = _request_body(request)
-        scope.request_body = body
+        scope.request_body = _request_body(request)
         if scope.request_model is None:
-            scope.request_model = _request_model(body, api, path)
+            scope.request_model = _request_model(request, api, path)
         claim()  # a library callback (LiteLLM) watching this attempt leaves it to us
         attempt = Attempt(scope, scope.next_attempt(), provider, api, "httpx")
         attempt.billing = from_headers(request.headers)

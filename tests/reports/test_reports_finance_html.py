@@ -260,3 +260,23 @@ def test_chromium_renders_at_laptop_and_narrow_widths(
     keep = os.environ.get("OWNERSHIP_CTX_KEEP_SCREENSHOTS")
     if keep:
         shutil.copy(shot, Path(keep) / shot.name)
+
+
+def test_other_packages_add_sections_without_editing_the_page(store_url: str) -> None:
+    from ownership_ctx.reports import html
+
+    def budgets(source: object, time_range: TimeRange) -> html.Section:
+        return html.Section("", "<h2>Budgets</h2><p>burn-down &amp; more</p>")
+
+    def nothing(source: object, time_range: TimeRange) -> None:
+        return None
+
+    html.add_section(budgets)
+    html.add_section(nothing)
+    try:
+        with open_source(store_url) as source:
+            page = render_html(build_report(source, RANGE, top=1))
+    finally:
+        html.remove_section(budgets)
+        html.remove_section(nothing)
+    assert page.count("<h2>Budgets</h2><p>burn-down &amp; more</p>") == 1
