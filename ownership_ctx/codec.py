@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import os
 import re
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Final
@@ -46,6 +45,7 @@ from .envelope import (
     check_field,
 )
 from .hashing import SIGNATURE_VERSION, Keys, signed_text_around, value_text
+from .ids import new_id
 
 __all__ = [
     "BAGGAGE_HEADER",
@@ -126,23 +126,9 @@ _EMPTY = Parsed()
 
 
 def new_trace_id() -> str:
-    """A fresh W3C trace id (32 hex, never all zero): 16 bytes of ``os.urandom``."""
-    while True:
-        try:
-            return _minted.pop()  # atomic: threads never share an id
-        except IndexError:
-            # One system call for a batch rather than one per id (an enqueue with nothing
-            # bound mints an id per message).
-            hexed = os.urandom(16 * _MINT_BATCH).hex()
-            batch = [hexed[i : i + 32] for i in range(0, len(hexed), 32)]
-            _minted.extend(trace_id for trace_id in batch if trace_id != "0" * 32)
-
-
-_MINT_BATCH: Final = 64
-_minted: list[str] = []
-if hasattr(os, "register_at_fork"):
-    # A forked child must never hand out the ids its parent holds: it draws its own.
-    os.register_at_fork(after_in_child=_minted.clear)
+    """A fresh W3C trace id (32 hex, never all zero): random bytes drawn in batches (an
+    enqueue with nothing bound mints an id per message)."""
+    return new_id()
 
 
 def trace_id_from_traceparent(value: str | None) -> str | None:

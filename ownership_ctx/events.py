@@ -11,10 +11,11 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any, Protocol
+
+from .ids import new_id
 
 __all__ = ["Sink", "count", "emit", "flush", "get_sink", "set_sink", "stats"]
 
@@ -68,7 +69,7 @@ def emit(event: dict[str, Any]) -> None:
     if sink is None:
         return
     if "event_id" not in event:
-        event["event_id"] = uuid.uuid4().hex
+        event["event_id"] = new_id()
     event.setdefault("ts", time.time())
     try:
         sink.emit(event)
