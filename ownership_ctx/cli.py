@@ -266,10 +266,21 @@ def _coverage_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip the breakdown by hop (it reads the unattributed raw events)",
     )
+    p.add_argument(
+        "--include-dark-spend",
+        action="store_true",
+        help="count billed spend no event saw (from imported provider bills, see reconcile)"
+        " as unattributed",
+    )
 
 
 def _coverage(args: argparse.Namespace, ctx: Context) -> int:
-    from ownership_ctx.reports.coverage import coverage, parse_required, parse_threshold
+    from ownership_ctx.reports.coverage import (
+        coverage,
+        parse_required,
+        parse_threshold,
+        with_dark_spend,
+    )
 
     threshold = parse_threshold(args.max_unattributed) if args.max_unattributed else None
     result = coverage(
@@ -280,6 +291,11 @@ def _coverage(args: argparse.Namespace, ctx: Context) -> int:
         hops=not args.no_hops,
         progress=ctx.progress,
     )
+    if args.include_dark_spend:
+        from ownership_ctx.reconcile.render import dark_spend
+
+        span = ctx.range()
+        result = with_dark_spend(result, dark_spend(ctx.db, span.start, span.end))
     ctx.emit(result.document())
     return EXIT_BREACHED if result.breached else EXIT_OK
 

@@ -21,7 +21,14 @@ from .rendering import Column, Document, Table, money_text
 from .timerange import TimeRange, UsageError, day_label, iso_week
 from .tracing import REQUIRED, Step, first_loss
 
-__all__ = ["Coverage", "CoveragePeriod", "HopLoss", "coverage", "parse_threshold"]
+__all__ = [
+    "Coverage",
+    "CoveragePeriod",
+    "HopLoss",
+    "coverage",
+    "parse_threshold",
+    "with_dark_spend",
+]
 
 _REQUIRABLE: Final = ("owner_team", "workflow_id", "feature", "tenant")
 _SHARE: Final = Decimal("0.000001")
@@ -94,6 +101,7 @@ class Coverage:
     hops: list[HopLoss] | None
     threshold: Decimal | None
     notes: list[str]
+    dark: Decimal = Decimal(0)  # billed spend no event saw, included by `with_dark_spend`
 
     @property
     def breached(self) -> bool:
@@ -102,6 +110,15 @@ class Coverage:
 
     def document(self) -> Document:
         return _document(self)
+
+
+def with_dark_spend(result: Coverage, dark: Decimal) -> Coverage:
+    """``result`` with ``dark`` (billed by the providers, never seen by our events: see
+    `ownership_ctx.reconcile`) counted as unattributed spend, in the total and the share."""
+    total, unattributed = result.total + dark, result.unattributed + dark
+    return dataclasses.replace(
+        result, total=total, unattributed=unattributed, share=_share(unattributed, total), dark=dark
+    )
 
 
 def _share(part: Decimal, whole: Decimal) -> Decimal:
@@ -272,6 +289,11 @@ def _document(result: Coverage) -> Document:
         f" {'/'.join(f for f in result.required if f != 'owner_team') or 'fields'}"
         f" {money_text(result.missing_fields)}",
     ]
+    if result.dark:
+        headline.append(
+            f"  dark spend (billed, never seen by our events) {money_text(result.dark)}"
+            " (see `ownership-ctx reconcile`)"
+        )
     weeks = Table(
         "weeks",
         "Per ISO week",
@@ -314,6 +336,7 @@ def _document(result: Coverage) -> Document:
         "no_owner": result.no_owner,
         "not_attributed": result.not_attributed,
         "missing_fields": result.missing_fields,
+        "dark_spend": result.dark,
         "calls": result.calls,
         "unpriced_calls": result.unpriced_calls,
         "weeks": result.weeks,

@@ -189,6 +189,22 @@ def test_html_report_shows_the_reconciliation(loaded: str, tmp_path: Any) -> Non
     assert '<section id="reconciliation">' in text and "proj_b" in text
 
 
+def test_coverage_counts_dark_spend_as_unattributed_when_asked(loaded: str) -> None:
+    keys = ("total", "unattributed", "dark_spend")
+
+    def totals(*extra: str) -> dict[str, Any]:
+        code, out = run("--db", loaded, "coverage", *SPAN, "--no-hops", "--format", "json", *extra)
+        assert code == 0
+        return {k: Decimal(str(v)) for k, v in json.loads(out).items() if k in keys}
+
+    plain, dark = totals(), totals("--include-dark-spend")
+    assert plain["dark_spend"] == 0 and dark["dark_spend"] == DARK
+    assert dark["unattributed"] - plain["unattributed"] == DARK
+    assert dark["total"] - plain["total"] == DARK
+    code, table = run("--db", loaded, "coverage", *SPAN, "--no-hops", "--include-dark-spend")
+    assert code == 0 and "dark spend (billed, never seen by our events)" in table
+
+
 def test_unreachable_postgresql_is_one_line_exit_2(capsys: Any) -> None:
     code, _ = run("--db", "postgresql://nobody@127.0.0.1:1/x", "reconcile")
     err = capsys.readouterr().err
