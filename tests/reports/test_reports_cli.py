@@ -177,19 +177,19 @@ def test_extension_commands_register(
     def configure(parser: object) -> None:
         parser.add_argument("--weeks", type=int, default=2)  # type: ignore[attr-defined]
 
-    def run_demo(args: object, ctx: cli.Context) -> int:
-        ctx.out.write(f"demo for {args.weeks} weeks\n")  # type: ignore[attr-defined]
+    def run_weeks(args: object, ctx: cli.Context) -> int:
+        ctx.out.write(f"{args.weeks} weeks\n")  # type: ignore[attr-defined]
         return 0
 
     def install() -> None:
-        cli.register(cli.Command("demo", "run the demo", configure, run_demo, store=False))
+        cli.register(cli.Command("weeks", "say how many weeks", configure, run_weeks, store=False))
 
     module.__dict__["install"] = install
     install()
     monkeypatch.setitem(sys.modules, "oc_fake_extension", module)
     monkeypatch.setattr(cli, "EXTENSIONS", ("oc_fake_extension", "ownership_ctx.not_there"))
     try:
-        assert cli.main(["demo", "--weeks", "3"]) == 0
-        assert capsys.readouterr().out == "demo for 3 weeks\n"
+        assert cli.main(["weeks", "--weeks", "3"]) == 0
+        assert capsys.readouterr().out == "3 weeks\n"
     finally:
-        cli._COMMANDS.pop("demo", None)
+        cli._COMMANDS.pop("weeks", None)
