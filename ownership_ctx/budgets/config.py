@@ -107,6 +107,8 @@ def load(path: str | Path, *, keys: Keys | None = None) -> BudgetConfig:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
         raise BudgetConfigError(f"{path}: cannot read: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise BudgetConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
     return loads(text, path=str(path), keys=keys)
 
 

@@ -103,6 +103,14 @@ def test_a_missing_file_is_one_clear_error(tmp_path: Path) -> None:
         load(tmp_path / "nope.toml")
 
 
+def test_a_file_that_is_not_utf8_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "budgets.toml"
+    path.write_bytes(b'[[budget]]\nname = "caf\xe9"\n')
+    with pytest.raises(BudgetConfigError) as caught:
+        load(path)
+    assert str(caught.value) == f"{path}: not UTF-8 text (byte 22)"
+
+
 def test_load_reads_a_file(tmp_path: Path) -> None:
     path = tmp_path / "budgets.toml"
     path.write_text('[[budget]]\nname = "all"\nlimit = "10"\n')
