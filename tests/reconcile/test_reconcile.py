@@ -155,6 +155,18 @@ def test_missing_store_is_a_usage_error(tmp_path: Any, capsys: Any) -> None:
     assert code == 2 and "no event store" in capsys.readouterr().err
 
 
+def test_bills_imported_into_a_new_store_reconcile_as_dark(db: str) -> None:
+    # No events yet: importing creates the store (event tables too), so the report reads it
+    # and every billed dollar of the file is dark: 1.10 + 0.25 on day 1 (openai_costs.jsonl).
+    kind, name = "openai-costs", "openai_costs.jsonl"
+    assert run("--db", db, "reconcile", "import", kind, str(FIXTURES / name))[0] == 0
+    code, out = run("--db", db, "reconcile", *SPAN, "--format", "json")
+    assert code == 0
+    result = json.loads(out)
+    assert Decimal(result["dark"]) == Decimal(result["billed"]) > 0
+    assert run("--db", db, "chargeback", *SPAN)[0] == 0
+
+
 def test_reading_never_writes(loaded: str) -> None:
     store = open_bill_store(loaded, readonly=True)
     try:
