@@ -190,9 +190,9 @@ def _fetch(args: argparse.Namespace, ctx: Context) -> int:
 def _ensure_event_store(url: str) -> None:
     """Bills stored in a new store go next to the event tables, created now as a sink would:
     else `reconcile` (and every report) could not read a store that holds only bills."""
-    from ..sinks import open_store
+    from ..sinks.config import open_backend
 
-    store = open_store(url)
+    store = open_backend(url)  # SQLiteStore / PostgresStore: a writer of the event tables
     try:
         store.write_batch([])  # an empty batch opens the store: its tables are created
     finally:
