@@ -452,7 +452,10 @@ def _budget_file(args: argparse.Namespace) -> object:
 
 
 def _check_budgets(args: argparse.Namespace) -> None:
-    _budget_file(args)  # a bad file fails before the store is opened
+    config: Any = _budget_file(args)  # a bad file fails before the store is opened
+    store = config.settings.get("store")
+    if store and not args.db_option:  # no --db: the store the file names, before the default
+        args.db = resolve_url(str(store))
 
 
 def _budgets(args: argparse.Namespace, ctx: Context) -> int:
@@ -656,7 +659,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _resolve(args: argparse.Namespace) -> None:
-    args.db = resolve_url(getattr(args, "db", None))
+    args.db_option = getattr(args, "db", None)  # as given (None: no --db)
+    args.db = resolve_url(args.db_option)
     for name, default in (
         ("since", None),
         ("until", None),
@@ -679,6 +683,7 @@ def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None) -> in
     try:
         if command.check is not None:
             command.check(args)
+            ctx.db = args.db  # a check may choose the store (budgets: the file's `store`)
         if command.store:
             ctx.time_range = parse_range(args.since, args.until)
             progress(f"opening {redacted_url(args.db)}")
