@@ -390,6 +390,7 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 
 def _report(args: argparse.Namespace, ctx: Context) -> int:
+    from ownership_ctx.reconcile.render import report_section
     from ownership_ctx.reports.coverage import parse_threshold
     from ownership_ctx.reports.html import build_report, render_html
 
@@ -397,6 +398,9 @@ def _report(args: argparse.Namespace, ctx: Context) -> int:
     report = build_report(
         ctx.store(), ctx.range(), top=max(0, args.top), threshold=threshold, progress=ctx.progress
     )
+    bills = report_section(ctx.db, report.range.start, report.range.end)  # None: no bills
+    if bills is not None:
+        report = dataclasses.replace(report, sections=[*report.sections, bills])
     page = render_html(report).encode("utf-8")
     with open(args.html, "wb") as f:
         f.write(page)

@@ -193,6 +193,19 @@ def test_html_section_and_dark_spend_for_coverage(loaded: str, tmp_path: Any) ->
     assert dark_spend(empty, D1, D1 + 86400) == 0
 
 
+def test_the_html_report_shows_the_reconciliation(loaded: str, tmp_path: Any) -> None:
+    page = tmp_path / "spend.html"
+    code, _ = run("--db", loaded, "report", "--html", str(page), *SPAN)
+    text = page.read_text()
+    assert code == 0 and text.count("<h2>Reconciliation with provider bills</h2>") == 1
+    assert "proj_b" in text and "<script" not in text
+    # Without bills the page has no such section.
+    bare = f"sqlite:///{tmp_path / 'bare.db'}"
+    write_events(bare, scenario_events())
+    code, _ = run("--db", bare, "report", "--html", str(page), *SPAN)
+    assert code == 0 and "Reconciliation with provider bills" not in page.read_text()
+
+
 def test_unreachable_postgresql_is_one_line_exit_2(capsys: Any) -> None:
     code, _ = run("--db", "postgresql://nobody@127.0.0.1:1/x", "reconcile")
     err = capsys.readouterr().err
