@@ -406,18 +406,17 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 
 def _report(args: argparse.Namespace, ctx: Context) -> int:
+    from ownership_ctx.reconcile.render import report_section
     from ownership_ctx.reports.coverage import parse_threshold
-    from ownership_ctx.reports.html import Section, build_report, render_html
+    from ownership_ctx.reports.html import build_report, render_html
 
     threshold = parse_threshold(args.max_unattributed)
-    from ownership_ctx.reconcile.render import html_section_for
-
     report = build_report(
         ctx.store(), ctx.range(), top=max(0, args.top), threshold=threshold, progress=ctx.progress
     )
-    # Bills live beside the events (`ownership-ctx reconcile import`): "" when there are none.
-    if bills := html_section_for(ctx.db, report.range.start, report.range.end):
-        report = dataclasses.replace(report, sections=[*report.sections, Section("", bills)])
+    bills = report_section(ctx.db, report.range.start, report.range.end)  # None: no bills
+    if bills is not None:
+        report = dataclasses.replace(report, sections=[*report.sections, bills])
     page = render_html(report).encode("utf-8")
     with open(args.html, "wb") as f:
         f.write(page)
@@ -473,7 +472,10 @@ def _budget_file(args: argparse.Namespace) -> object:
 
 
 def _check_budgets(args: argparse.Namespace) -> None:
-    _budget_file(args)  # a bad file fails before the store is opened
+    config: Any = _budget_file(args)  # a bad file fails before the store is opened
+    store = config.settings.get("store")
+    if store and not args.db_option:  # no --db: the store the file names, before the default
+        args.db = resolve_url(str(store))
 
 
 def _budgets(args: argparse.Namespace, ctx: Context) -> int:
@@ -677,7 +679,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _resolve(args: argparse.Namespace) -> None:
-    args.db = resolve_url(getattr(args, "db", None))
+    args.db_option = getattr(args, "db", None)  # as given (None: no --db)
+    args.db = resolve_url(args.db_option)
     for name, default in (
         ("since", None),
         ("until", None),
@@ -700,6 +703,7 @@ def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None) -> in
     try:
         if command.check is not None:
             command.check(args)
+            ctx.db = args.db  # a check may choose the store (budgets: the file's `store`)
         if command.store:
             ctx.time_range = parse_range(args.since, args.until)
             progress(f"opening {redacted_url(args.db)}")

@@ -66,6 +66,7 @@ _SETTINGS: Final = frozenset(
         "reservation_ttl",
     }
 )
+_REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
 _LINE: Final = re.compile(r"\(at line (\d+), column \d+\)")
 
 
@@ -107,6 +108,8 @@ def load(path: str | Path, *, keys: Keys | None = None) -> BudgetConfig:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
         raise BudgetConfigError(f"{path}: cannot read: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise BudgetConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
     return loads(text, path=str(path), keys=keys)
 
 
@@ -143,6 +146,15 @@ def loads(text: str, *, path: str = "<budgets>", keys: Keys | None = None) -> Bu
             raise locate.error(None, key, f'{key} must be "enforce" or "observe"')
         if key == "fail" and value not in ("open", "closed"):
             raise locate.error(None, key, 'fail must be "open" or "closed"')
+        if key in ("prefix", "store") and (not isinstance(value, str) or not value.strip()):
+            raise locate.error(None, key, f"{key} must be a non-empty string")
+        if key == "backend" and (
+            not isinstance(value, str)
+            or (value != "memory" and not value.startswith(_REDIS_SCHEMES))
+        ):
+            raise locate.error(
+                None, key, 'backend must be "memory" or a redis://, rediss:// or unix:// URL'
+            )
     tables = document.get("budget", [])
     if not isinstance(tables, list):
         raise locate.error(None, "budget", "budgets are an array of tables: [[budget]]")

@@ -136,6 +136,7 @@ def _import(args: argparse.Namespace, ctx: Context) -> int:
     for name in args.files:
         ctx.progress(f"reading {name}")
         batches.append(parse_file(args.kind, name))
+    _ensure_event_store(ctx.db)
     store = open_bill_store(ctx.db)
     try:
         for batch in batches:
@@ -172,6 +173,7 @@ def _fetch(args: argparse.Namespace, ctx: Context) -> int:
         )
     except FetchError as e:
         raise UsageError(str(e)) from None
+    _ensure_event_store(ctx.db)
     store = open_bill_store(ctx.db)
     try:
         for batch in batches:
@@ -183,6 +185,18 @@ def _fetch(args: argparse.Namespace, ctx: Context) -> int:
     finally:
         store.close()
     return EXIT_OK
+
+
+def _ensure_event_store(url: str) -> None:
+    """Bills stored in a new store go next to the event tables, created now as a sink would:
+    else `reconcile` (and every report) could not read a store that holds only bills."""
+    from ..sinks.config import open_backend
+
+    store = open_backend(url)  # SQLiteStore / PostgresStore: a writer of the event tables
+    try:
+        store.write_batch([])  # an empty batch opens the store: its tables are created
+    finally:
+        store.close()
 
 
 def _imports(args: argparse.Namespace, ctx: Context) -> int:

@@ -121,6 +121,13 @@ def _json(text: str) -> Any:
     return json.loads(text, parse_float=Decimal)
 
 
+def _why(error: ValueError) -> str:
+    """What is wrong with a line that is not JSON, whole words (the line is named apart)."""
+    if isinstance(error, json.JSONDecodeError):
+        return f"{error.msg} at column {error.colno}"
+    return " ".join(str(error).split())[:80]
+
+
 def _pages(text: str, name: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
     """(location, page) for each page of a saved API answer."""
     if not text.strip():
@@ -142,7 +149,7 @@ def _pages(text: str, name: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
         try:
             page = _json(line)
         except ValueError as e:
-            raise BillError(f"{name}:{lineno}: not JSON ({e.args[0][:60]})") from None
+            raise BillError(f"{name}:{lineno}: not JSON ({_why(e)})") from None
         yield f"{name}:{lineno}", _obj(page, f"{name}:{lineno}", "the line")
 
 
@@ -343,7 +350,7 @@ def _log_records(text: str, name: str) -> Iterator[tuple[str, Mapping[str, Any]]
         except ValueError as e:
             if isinstance(e, BillError):
                 raise
-            raise BillError(f"{where}: not JSON ({e.args[0][:60]})") from None
+            raise BillError(f"{where}: not JSON ({_why(e)})") from None
         events = record.get("events")
         if isinstance(events, list):  # `aws logs filter-log-events` output: records in messages
             for i, event in enumerate(events, 1):

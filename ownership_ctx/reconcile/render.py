@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import html
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..reports.rendering import Column, Document, Table, money_text
 from .join import Reconciliation
+
+if TYPE_CHECKING:
+    from ..reports.html import Section
 
 __all__ = ["document", "html_section"]
 
@@ -160,8 +163,16 @@ def document(result: Reconciliation) -> Document:
     )
 
 
+TITLE = "Reconciliation with provider bills"
+
+
 def html_section(result: Reconciliation) -> str:
     """A self-contained ``<section>`` for the HTML report (no scripts, escaped text)."""
+    return f'<section id="reconciliation"><h2>{TITLE}</h2>{html_body(result)}</section>'
+
+
+def html_body(result: Reconciliation) -> str:
+    """The section's content under its title: headline, groups, dark spend (escaped)."""
 
     def cell(value: Any) -> str:
         if isinstance(value, Decimal):
@@ -171,8 +182,7 @@ def html_section(result: Reconciliation) -> str:
         return html.escape("" if value is None else str(value))
 
     doc = document(result)
-    parts = ['<section id="reconciliation"><h2>Reconciliation with provider bills</h2>']
-    parts += [f"<p>{html.escape(line)}</p>" for line in doc.headline]
+    parts = [f"<p>{html.escape(line)}</p>" for line in doc.headline]
     for table in doc.tables[:2]:
         if not table.rows:
             continue
@@ -186,7 +196,6 @@ def html_section(result: Reconciliation) -> str:
                 + "</tr>"
             )
         parts.append("</tbody></table>")
-    parts.append("</section>")
     return "".join(parts)
 
 
@@ -210,6 +219,14 @@ def html_section_for(db_url: str, start: int, end: int) -> str:
     """The HTML report's reconciliation section for ``[start, end)``; "" without bills."""
     result = _load(db_url, start, end)
     return "" if result is None else html_section(result)
+
+
+def report_section(db_url: str, start: int, end: int) -> Section | None:
+    """The section `ownership-ctx report --html` adds for ``[start, end)``; None without bills."""
+    from ..reports.html import Section
+
+    result = _load(db_url, start, end)
+    return None if result is None else Section(TITLE, html_body(result))
 
 
 def dark_spend(db_url: str, start: int, end: int) -> Decimal:

@@ -104,6 +104,20 @@ def test_within_every_budget_exits_0(store: str, tmp_path: Path) -> None:
     assert code == 0
 
 
+def test_without_db_the_store_the_file_names_is_read(
+    store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OWNERSHIP_CTX_SINK_URL", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    config = tmp_path / "budgets.toml"
+    config.write_text(f'[settings]\nstore = "{store}"\n\n{BUDGETS}')
+    code, text = run("budgets", "--config", str(config), "--at", "2026-11-18T12:00")
+    assert code == 1 and "over: search-daily (owner_team=search)" in text
+    # --db still wins over the file.
+    code, _ = run("budgets", "--db", str(tmp_path / "none.db"), "--config", str(config))
+    assert code == 2
+    assert not (tmp_path / "none.db").exists() and not (tmp_path / "elsewhere.db").exists()
+
+
 def test_bad_input_is_one_line_and_exit_2(
     store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -98,9 +98,33 @@ def test_a_raw_tenant_without_a_hash_key_is_refused_at_startup(
     assert str(caught.value).startswith("b.toml:3: ")
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("backend = 5", 'backend must be "memory" or a redis://, rediss:// or unix:// URL'),
+        ('backend = "memcached://x"', 'backend must be "memory" or a redis://'),
+        ("prefix = 3", "prefix must be a non-empty string"),
+        ('store = ""', "store must be a non-empty string"),
+    ],
+)
+def test_settings_of_the_wrong_kind_name_their_line(line: str, message: str) -> None:
+    text = f'# budgets\n[settings]\n{line}\n\n[[budget]]\nname = "all"\nlimit = 1\n'
+    with pytest.raises(BudgetConfigError) as caught:
+        loads(text, path="b.toml")
+    assert str(caught.value).startswith(f"b.toml:3: {message}")
+
+
 def test_a_missing_file_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(BudgetConfigError, match="cannot read"):
         load(tmp_path / "nope.toml")
+
+
+def test_a_file_that_is_not_utf8_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "budgets.toml"
+    path.write_bytes(b'[[budget]]\nname = "caf\xe9"\n')
+    with pytest.raises(BudgetConfigError) as caught:
+        load(path)
+    assert str(caught.value) == f"{path}: not UTF-8 text (byte 22)"
 
 
 def test_load_reads_a_file(tmp_path: Path) -> None:

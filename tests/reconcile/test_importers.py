@@ -109,6 +109,14 @@ def test_bad_json_line_names_the_line() -> None:
         parse_bytes("bedrock-logs", data, "logs.jsonl")
 
 
+def test_bad_json_says_what_and_where_in_whole_words() -> None:
+    with pytest.raises(BillError) as caught:
+        parse_bytes("openai-costs", b'{"data": []}\n{bad\n', "costs.jsonl")
+    assert str(caught.value) == (
+        "costs.jsonl:2: not JSON (Expecting property name enclosed in double quotes at column 2)"
+    )
+
+
 def test_negative_token_count_is_refused() -> None:
     text = (
         (FIXTURES / "anthropic_usage.json")

@@ -155,6 +155,18 @@ def test_missing_store_is_a_usage_error(tmp_path: Any, capsys: Any) -> None:
     assert code == 2 and "no event store" in capsys.readouterr().err
 
 
+def test_bills_imported_into_a_new_store_reconcile_as_dark(db: str) -> None:
+    # No events yet: importing creates the store (event tables too), so the report reads it
+    # and every billed dollar of the file is dark: 1.10 + 0.25 on day 1 (openai_costs.jsonl).
+    kind, name = "openai-costs", "openai_costs.jsonl"
+    assert run("--db", db, "reconcile", "import", kind, str(FIXTURES / name))[0] == 0
+    code, out = run("--db", db, "reconcile", *SPAN, "--format", "json")
+    assert code == 0
+    result = json.loads(out)
+    assert Decimal(result["dark"]) == Decimal(result["billed"]) > 0
+    assert run("--db", db, "chargeback", *SPAN)[0] == 0
+
+
 def test_reading_never_writes(loaded: str) -> None:
     store = open_bill_store(loaded, readonly=True)
     try:
@@ -181,12 +193,17 @@ def test_html_section_and_dark_spend_for_coverage(loaded: str, tmp_path: Any) ->
     assert dark_spend(empty, D1, D1 + 86400) == 0
 
 
-def test_html_report_shows_the_reconciliation(loaded: str, tmp_path: Any) -> None:
-    page = tmp_path / "report.html"
+def test_the_html_report_shows_the_reconciliation(loaded: str, tmp_path: Any) -> None:
+    page = tmp_path / "spend.html"
     code, _ = run("--db", loaded, "report", "--html", str(page), *SPAN)
-    assert code == 0
-    text = page.read_text(encoding="utf-8")
-    assert '<section id="reconciliation">' in text and "proj_b" in text
+    text = page.read_text()
+    assert code == 0 and text.count("<h2>Reconciliation with provider bills</h2>") == 1
+    assert "proj_b" in text and "<script" not in text
+    # Without bills the page has no such section.
+    bare = f"sqlite:///{tmp_path / 'bare.db'}"
+    write_events(bare, scenario_events())
+    code, _ = run("--db", bare, "report", "--html", str(page), *SPAN)
+    assert code == 0 and "Reconciliation with provider bills" not in page.read_text()
 
 
 def test_coverage_counts_dark_spend_as_unattributed_when_asked(loaded: str) -> None:
