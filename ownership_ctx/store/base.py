@@ -32,6 +32,7 @@ __all__ = ["StoreBase", "one_line"]
 
 _DAY: Final = 86400
 _HOUR: Final = 3600
+_FAR: Final = 1 << 62
 _CHUNK: Final = 400  # trace ids per IN (...) query: well under SQLite's 32766 parameters
 #: Presence bits (`tables.PRESENCE`) by envelope field name.
 _BIT: Final = {("user" if c == "user_id" else c): 1 << i for i, c in enumerate(PRESENCE)}
@@ -345,5 +346,7 @@ class StoreBase(EventQueries):
 
 
 def _ceil(value: float) -> int:
+    if not -_FAR < value < _FAR:  # infinities, and beyond any bucket a 64-bit column holds
+        return _FAR if value > 0 else -_FAR
     whole = int(value)
     return whole + 1 if whole < value else whole

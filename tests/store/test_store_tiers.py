@@ -137,3 +137,11 @@ def test_a_version_1_store_is_upgraded_from_its_raw_rows(tmp_path: Path) -> None
 def test_the_typed_row_has_every_measure_in_table_order() -> None:
     fields = [f.name for f in dataclasses.fields(RollupRow)]
     assert fields == ["group", *MEASURE_NAMES]
+
+
+def test_unbounded_ranges(tmp_path: Path) -> None:
+    store, events = _written(tmp_path)
+    (row,) = store.rollups(float("-inf"), float("inf"))
+    assert row.calls == len(events)
+    assert store.rollups(float("inf"), float("-inf"))[0].calls == 0
+    store.close()
