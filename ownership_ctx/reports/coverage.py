@@ -209,8 +209,10 @@ def hop_breakdown(
         money[row.trace_id][0] += row.cost
         money[row.trace_id][1] += row.calls
     traced = [t for t in steps if t is not None]
-    # The hops of those traces, by the trace index.
-    for hop in source.trace_steps(traced):
+    # The hops of those traces, by the trace index: those within a day of the trace's first
+    # unattributed call (a trace's hops run minutes around its calls, not days).
+    first = [min(s.ts for s in steps[t]) for t in traced]
+    for hop in source.trace_steps(traced, near=first):
         steps[hop.trace_id].append(
             Step(
                 hop.ts,
