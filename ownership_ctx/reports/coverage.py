@@ -2,9 +2,10 @@
 
 Spend is *unattributed* when its provider call has no owner team, was not ``attributed``
 (quarantined, unattributed, or stamped from defaults — nobody declared it), or lacks a required
-field (by default workflow and feature). Totals, reasons and weeks come from the hourly
-rollups. The breakdown by hop reads only the unattributed calls and the hops of their traces,
-and names, per trace, the first hop where the fields went missing (`tracing.first_loss`).
+field (by default workflow and feature). Totals, reasons and weeks come from the rollups. The
+breakdown by hop reads the unattributed calls per trace (a rollup of their own) and the hops
+of those traces, and names, per trace, the first hop where the fields went missing
+(`tracing.first_loss`).
 """
 
 from __future__ import annotations
@@ -215,7 +216,8 @@ def hop_breakdown(
     unattributed: Decimal,
     calls_in_range: int = 0,
 ) -> list[HopLoss]:
-    """Unattributed spend per (hop, unit) where its trace first lost its fields."""
+    """Unattributed spend per (hop, unit) where its trace first lost its fields.
+    (``calls_in_range`` is no longer needed: kept for callers that pass it.)"""
     # One row per trace and field pattern (not per call), kept in a rollup of their own.
     calls = source.unattributed_calls(time_range.start, time_range.end, required)
     steps: dict[str | None, list[Step]] = defaultdict(list)
@@ -228,8 +230,10 @@ def hop_breakdown(
         money[row.trace_id][0] += row.cost
         money[row.trace_id][1] += row.calls
     traced = [t for t in steps if t is not None]
-    # The hops of those traces, by the trace index.
-    for hop in source.trace_steps(traced):
+    # The hops of those traces, by the trace index: those within a day of the trace's first
+    # unattributed call (a trace's hops run minutes around its calls, not days).
+    first = [min(s.ts for s in steps[t]) for t in traced]
+    for hop in source.trace_steps(traced, near=first):
         steps[hop.trace_id].append(
             Step(
                 hop.ts,

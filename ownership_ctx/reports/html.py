@@ -130,7 +130,8 @@ class HtmlReport:
 def top_requests(
     source: EventQueries, time_range: TimeRange, n: int, calls_in_range: int = 0
 ) -> list[tuple[str, Decimal]]:
-    """The ``n`` traces with the highest summed call cost in the range."""
+    """The ``n`` traces with the highest summed call cost in the range (``calls_in_range``
+    is no longer needed: kept for callers that pass it)."""
     return [(t.trace_id, t.cost) for t in source.top_requests(time_range.start, time_range.end, n)]
 
 

@@ -173,8 +173,14 @@ class EventQueries(Protocol):
         one of the ``required`` envelope fields, per trace and field pattern."""
         ...
 
-    def trace_steps(self, trace_ids: Sequence[str]) -> list[TraceStep]:
-        """The hop and request events of these traces."""
+    def trace_steps(
+        self,
+        trace_ids: Sequence[str],
+        near: Sequence[float] | None = None,
+        window: float = 86400,
+    ) -> list[TraceStep]:
+        """The hop and request events of these traces; with ``near`` (a time per trace), only
+        those within ``window`` seconds of it (much faster on day-partitioned tables)."""
         ...
 
     def top_requests(self, start: float, end: float, n: int) -> list[TraceSpend]:

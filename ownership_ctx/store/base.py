@@ -32,6 +32,7 @@ __all__ = ["StoreBase", "one_line"]
 
 _DAY: Final = 86400
 _HOUR: Final = 3600
+_FAR: Final = 1 << 62
 _CHUNK: Final = 400  # trace ids per IN (...) query: well under SQLite's 32766 parameters
 #: Presence bits (`tables.PRESENCE`) by envelope field name.
 _BIT: Final = {("user" if c == "user_id" else c): 1 << i for i, c in enumerate(PRESENCE)}
@@ -300,19 +301,36 @@ class StoreBase(EventQueries):
             for trace, attribution, present, first_ts, calls, cost, provider, model in rows
         ]
 
-    def trace_steps(self, trace_ids: Sequence[str]) -> list[TraceStep]:
+    def trace_steps(
+        self,
+        trace_ids: Sequence[str],
+        near: Sequence[float] | None = None,
+        window: float = _DAY,
+    ) -> list[TraceStep]:
         out: list[TraceStep] = []
-        ids = list(trace_ids)
-        for i in range(0, len(ids), _CHUNK):
-            chunk = ids[i : i + _CHUNK]
+        if near is None:
+            pairs = [(0.0, t) for t in trace_ids]
+        else:
+            # In time order, so that each chunk's window is narrow: on PostgreSQL it then reads
+            # the trace index of a few day partitions instead of all of them.
+            pairs = sorted(zip(near, trace_ids, strict=True))
+        ts = self.dialect.unindexed("ts")  # the trace index finds the rows; ts only narrows
+        for i in range(0, len(pairs), _CHUNK):
+            chunk = [t for _, t in pairs[i : i + _CHUNK]]
             slots = ", ".join("?" * len(chunk))
+            params: list[Any] = list(chunk)
+            bounds = ""
+            if near is not None:
+                bounds = f" AND {ts} >= ? AND {ts} < ?"
+                low, high = pairs[i][0] - window, pairs[i + len(chunk) - 1][0] + window
+                params += [low, high]
             rows = self.fetch(
                 "SELECT trace_id, ts, hop, unit, outcome, missing, owner_team, workflow_id,"
-                f" feature, tenant, user_id, 'hop' FROM hops WHERE trace_id IN ({slots})"
+                f" feature, tenant, user_id, 'hop' FROM hops WHERE trace_id IN ({slots}){bounds}"
                 " UNION ALL SELECT trace_id, ts, 'http', route, outcome, missing, owner_team,"
                 " workflow_id, feature, tenant, user_id, 'request' FROM requests"
-                f" WHERE trace_id IN ({slots})",
-                chunk * 2,
+                f" WHERE trace_id IN ({slots}){bounds}",
+                params * 2,
             )
             for trace, ts, hop, unit, outcome, missing, *marks, kind in rows:
                 out.append(
@@ -345,5 +363,7 @@ class StoreBase(EventQueries):
 
 
 def _ceil(value: float) -> int:
+    if not -_FAR < value < _FAR:  # infinities, and beyond any bucket a 64-bit column holds
+        return _FAR if value > 0 else -_FAR
     whole = int(value)
     return whole + 1 if whole < value else whole

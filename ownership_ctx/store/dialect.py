@@ -244,6 +244,11 @@ class Dialect:
             f" DO UPDATE SET calls = unpriced_hourly.calls + {self.excluded}.calls"
         )
 
+    def unindexed(self, column: str) -> str:
+        """``column`` in a WHERE clause that must not choose its index (SQLite would walk the
+        ``ts`` index for a range rather than the trace index for a list of ids)."""
+        return f"+{column}" if self.name == "sqlite" else column
+
     def insert_columns(self, table: str) -> str:
         return ", ".join(TABLES[table].names)
 

@@ -17,7 +17,6 @@ import os
 import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final, Literal
 from urllib.parse import quote
 
@@ -69,10 +68,6 @@ _REBUILD_3: Final = [
     if "unattributed_hourly" not in step[0] and "unpriced_hourly" not in step[0]
 ]
 _UPGRADE_1: Final = [step for table in ROLLED_UP for step in _ROLLUPS[table]]
-#: Events converted to rows per step of a batch: the rows of one step are inserted by the
-#: store's inserter thread (SQLite works without the GIL) while the caller's thread converts
-#: the next step's events.
-_STEP: Final = 256
 _DATA_ERRORS: Final = (
     sqlite3.InterfaceError,
     sqlite3.ProgrammingError,
@@ -81,16 +76,6 @@ _DATA_ERRORS: Final = (
     TypeError,
     ValueError,
 )
-
-
-def _insert_rows(conn: sqlite3.Connection, rows: Rows) -> set[str]:
-    """Insert rows (in the caller's transaction); the tables that had rows."""
-    touched = set()
-    for table, table_rows in rows.items():
-        if table_rows:
-            conn.executemany(_INSERTS[table], table_rows)
-            touched.add(table)
-    return touched
 
 
 class SQLiteStore(StoreBase):
@@ -121,7 +106,6 @@ class SQLiteStore(StoreBase):
         self._reader: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
-        self._inserter: ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
@@ -229,7 +213,7 @@ class SQLiteStore(StoreBase):
                 return
             try:
                 try:
-                    self._insert_overlapped(conn, events)
+                    self._insert(conn, split_rows(events))
                 except _DATA_ERRORS:
                     # One odd value (a list where a number belongs, an int beyond 64 bits)
                     # must not hold back its batch: coerce everything and try once more.
@@ -239,45 +223,6 @@ class SQLiteStore(StoreBase):
                 # from a fresh connection on the next try.
                 self._drop_connection()
                 raise
-
-    def _insert_overlapped(self, conn: sqlite3.Connection, events: list[Mapping[str, Any]]) -> None:
-        """`_insert`, with the conversion of each step's events to rows done while the
-        previous step's rows are being inserted (one transaction all the same)."""
-        if len(events) <= _STEP:
-            self._insert(conn, split_rows(events))
-            return
-        if self._inserter is None:
-            self._inserter = ThreadPoolExecutor(1, thread_name_prefix="ownership_ctx-sqlite")
-        pending: Future[set[str]] | None = None
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            before = {
-                table: conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0]
-                for table in ROLLED_UP
-            }
-            touched: set[str] = set()
-            for i in range(0, len(events), _STEP):
-                rows = split_rows(events[i : i + _STEP])
-                if pending is not None:
-                    touched |= pending.result()
-                pending = self._inserter.submit(_insert_rows, conn, rows)
-            if pending is not None:
-                touched |= pending.result()
-            for table in ROLLED_UP:
-                if table in touched:
-                    for statement, with_id in _ROLLUPS[table]:
-                        conn.execute(statement, (before[table],) if with_id else ())
-            conn.execute("COMMIT")
-        except BaseException:
-            if pending is not None:
-                with contextlib.suppress(BaseException):
-                    pending.result()  # never leave the inserter running on the connection
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    self._drop_connection()
-            raise
 
     def _insert(self, conn: sqlite3.Connection, rows: Rows) -> None:
         conn.execute("BEGIN IMMEDIATE")
@@ -330,16 +275,9 @@ class SQLiteStore(StoreBase):
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
 
-    def after_fork_in_child(self) -> None:
-        super().after_fork_in_child()
-        self._inserter = None  # its thread did not survive the fork
-
     def close(self) -> None:
         with self._lock:
             self._drop_connection()
-            inserter, self._inserter = self._inserter, None
-            if inserter is not None:
-                inserter.shutdown(wait=True)
         with self._read_lock:
             reader, self._reader = self._reader, None
             if reader is not None:

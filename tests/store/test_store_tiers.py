@@ -137,3 +137,27 @@ def test_a_version_1_store_is_upgraded_from_its_raw_rows(tmp_path: Path) -> None
 def test_the_typed_row_has_every_measure_in_table_order() -> None:
     fields = [f.name for f in dataclasses.fields(RollupRow)]
     assert fields == ["group", *MEASURE_NAMES]
+
+
+def test_unbounded_ranges(tmp_path: Path) -> None:
+    store, events = _written(tmp_path)
+    (row,) = store.rollups(float("-inf"), float("inf"))
+    assert row.calls == len(events)
+    assert store.rollups(float("inf"), float("-inf"))[0].calls == 0
+    store.close()
+
+
+def test_trace_steps_near_a_time_keep_only_that_window(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "events.db")
+    trace = "cd" * 16
+    hops = [
+        {"kind": "hop", "event_id": f"h{n}", "ts": DAY0 + offset, "trace_id": trace, "hop": "x"}
+        for n, offset in enumerate((0, 3600, 3 * 86400))
+    ]
+    store.write_batch(hops)
+    every = store.trace_steps([trace])
+    assert sorted(s.ts for s in every) == [DAY0, DAY0 + 3600, DAY0 + 3 * 86400]
+    near = store.trace_steps([trace], near=[DAY0 + 7200])
+    assert sorted(s.ts for s in near) == [DAY0, DAY0 + 3600]  # within a day of the time
+    assert store.trace_steps([trace], near=[DAY0 + 7200], window=60) == []
+    store.close()
