@@ -264,7 +264,7 @@ def _coverage_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-hops",
         action="store_true",
-        help="skip the breakdown by hop (it reads the unattributed raw events)",
+        help="skip the breakdown by hop (where unattributed calls lost their owner)",
     )
     p.add_argument(
         "--include-dark-spend",
