@@ -223,7 +223,7 @@ def test_broker_restarted_mid_run(
         dep.stop()
         dep.start_worker()  # type: ignore[attr-defined]
         for name, run in (("before", before), ("after", after)):
-            final = check(dep, run, timeout=10)
+            final = check(dep, run, timeout=30)
             _report(record_property, f"published {name} the restart, after a worker restart", final)
             assert final.incomplete == 0, final
 
