@@ -65,32 +65,24 @@ def _joined(value: Any) -> Any:
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
 
 
-def _rq_row(
-    event: Mapping[str, Any],
-    keys: tuple[str, ...] = _RAW_KEYS["requests"],
-    typed: frozenset[str] = _TYPED["requests"],
-) -> Row:
-    get = event.get
-    return (
-        *map(get, keys),
-        _hour(get("ts")),
-        _joined(get("missing")),
-        encode_event(_rest(event, typed)),
-    )
+def _envelope_row(table: str) -> Callable[[Mapping[str, Any]], Row]:
+    """Request and hop rows: the raw keys, the hour, ``missing`` joined, the body."""
+    keys, typed = _RAW_KEYS[table], _TYPED[table]
+
+    def row(event: Mapping[str, Any]) -> Row:
+        get = event.get
+        return (
+            *map(get, keys),
+            _hour(get("ts")),
+            _joined(get("missing")),
+            encode_event(_rest(event, typed)),
+        )
+
+    return row
 
 
-def _hop_row(
-    event: Mapping[str, Any],
-    keys: tuple[str, ...] = _RAW_KEYS["hops"],
-    typed: frozenset[str] = _TYPED["hops"],
-) -> Row:
-    get = event.get
-    return (
-        *map(get, keys),
-        _hour(get("ts")),
-        _joined(get("missing")),
-        encode_event(_rest(event, typed)),
-    )
+_rq_row = _envelope_row("requests")
+_hop_row = _envelope_row("hops")
 
 
 def _other_row(event: Mapping[str, Any], typed: frozenset[str] = _TYPED["other_events"]) -> Row:

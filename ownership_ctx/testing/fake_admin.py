@@ -29,10 +29,11 @@ import threading
 from collections import defaultdict, deque
 from collections.abc import Iterable
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from .loopback import LoopbackServer
 
 __all__ = ["Billed", "FakeAdminAPI"]
 
@@ -56,7 +57,7 @@ class Billed:
     api_key_id: str | None = None
 
 
-class FakeAdminAPI:
+class FakeAdminAPI(LoopbackServer):
     def __init__(self, admin_key: str = "sk-admin-test", host: str = "127.0.0.1") -> None:
         self.admin_key = admin_key
         self.host = host
@@ -64,7 +65,6 @@ class FakeAdminAPI:
         self.requests: list[dict[str, Any]] = []
         self._steps: deque[int] = deque()
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
 
     def bill(self, *items: Billed) -> None:
         self.billed.extend(items)
@@ -80,35 +80,8 @@ class FakeAdminAPI:
         with self._lock:
             return self._steps.popleft() if self._steps else None
 
-    def start(self) -> FakeAdminAPI:
-        handler = type("Handler", (_Handler,), {"admin": self})
-        self._server = ThreadingHTTPServer((self.host, 0), handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeAdminAPI:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "start() the server first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        return type("Handler", (_Handler,), {"admin": self})
 
     # -- answers -------------------------------------------------------------------------------
 

@@ -34,12 +34,12 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .eventstream import encode_event
+from .loopback import LoopbackServer
 
 __all__ = ["FakeProviders", "FakeUsage", "Raw", "Step", "serve"]
 
@@ -96,7 +96,7 @@ def api_of(path: str) -> str | None:
     return None
 
 
-class FakeProviders:
+class FakeProviders(LoopbackServer):
     """The server. Thread-safe; use as a context manager or `start`/`stop`."""
 
     def __init__(self, port: int = 0, host: str = "127.0.0.1") -> None:
@@ -112,41 +112,11 @@ class FakeProviders:
         self.requests: list[dict[str, Any]] = []
         self._steps: deque[tuple[str | None, Step]] = deque()
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def start(self) -> FakeProviders:
-        handler = type("Handler", (_Handler,), {"fake": self})
-        self._server = ThreadingHTTPServer((self.host, self.port), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeProviders:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "start() the server first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        return type("Handler", (_Handler,), {"fake": self})
 
     @property
     def openai_url(self) -> str:
