@@ -41,6 +41,10 @@ __all__ = [
     "open_bill_store",
 ]
 
+#: Calls a provider answered (and may bill): an application cache hit made no call; its
+#: would-be usage is avoided, never ours to reconcile.
+_CALLED: Final = "NOT coalesce(app_cache_hit, FALSE)"
+
 _ROW_COLUMNS: Final = (
     "source",
     "day",
@@ -249,14 +253,16 @@ class _Reads:
         table = "provider_calls NOT INDEXED" if scan else "provider_calls"
         attributed = "attribution = 'attributed' AND coalesce(owner_team, '') <> ''"
         estimated = "usage_status IN ('partial', 'estimated')"
+        # A failed attempt without usage is free: not a call (as in the rollups' measures).
+        free = "coalesce(status, 'ok') <> 'ok' AND input_tokens IS NULL AND cost_nanousd IS NULL"
         return (
             f"SELECT {day} AS d, provider, coalesce(response_model, request_model, '') AS model,"
-            f" {scope} AS scope, count(*), sum(cost_nanousd),"
+            f" {scope} AS scope, count(CASE WHEN {free} THEN NULL ELSE 1 END), sum(cost_nanousd),"
             f" sum(CASE WHEN {attributed} THEN cost_nanousd END),"
             f" sum(CASE WHEN {estimated} THEN cost_nanousd END),"
             " sum(CASE WHEN cost_nanousd IS NULL AND status = 'ok' THEN 1 ELSE 0 END),"
             " sum(coalesce(input_tokens, 0) + coalesce(output_tokens, 0))"
-            f" FROM {table} WHERE ts >= ? AND ts < ?"
+            f" FROM {table} WHERE ts >= ? AND ts < ? AND {_CALLED}"
             " GROUP BY 1, 2, 3, 4"
         )
 
@@ -314,7 +320,8 @@ class _Reads:
             " sum(coalesce(input_tokens, 0)), sum(coalesce(output_tokens, 0)),"
             " sum(coalesce(cache_read_tokens, 0)), sum(coalesce(cache_write_tokens, 0)),"
             " count(*), sum(cost_nanousd)"
-            " FROM provider_calls WHERE cost_nanousd IS NOT NULL GROUP BY 1, 2, 3, 4"
+            f" FROM provider_calls WHERE cost_nanousd IS NOT NULL AND {_CALLED}"
+            " GROUP BY 1, 2, 3, 4"
         )
         return [
             (_epoch_day(d), p, m, sc, int(i), int(o), int(r), int(w), int(n), money.from_nanos(c))

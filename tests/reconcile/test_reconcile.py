@@ -25,7 +25,7 @@ from ownership_ctx.cli import main
 from ownership_ctx.reconcile.join import reconcile
 from ownership_ctx.store.bills import open_bill_store
 
-from .conftest import D1, FIXTURES, GPT, HAIKU, HAIKU_BEDROCK, scenario_events, write_events
+from .conftest import D1, FIXTURES, GPT, HAIKU, HAIKU_BEDROCK, call, scenario_events, write_events
 
 IMPORTS = [
     ("openai-costs", "openai_costs.jsonl"),
@@ -95,6 +95,38 @@ def test_groups_split_dark_spend_from_price_drift(loaded: str) -> None:
         300,
     )
     assert bedrock.dark == DARK_BEDROCK and bedrock.estimated == Decimal("0.05")
+
+
+def test_cache_hits_and_free_failures_are_not_ours_to_reconcile(db: str) -> None:
+    # An application cache hit (cost 0, would-be tokens) made no provider call, and a failed
+    # attempt without usage is free: with both added, the Anthropic group is what it was
+    # (ours 3000 tokens for the bill's 4000: dark 0.10625, drift 0.01875).
+    hit = call(
+        ts=D1 + 600,
+        provider="anthropic",
+        model=HAIKU,
+        cost="0",
+        input_tokens=900,
+        output_tokens=100,
+    )
+    hit["app_cache_hit"] = True
+    failed = call(
+        ts=D1 + 700, provider="anthropic", model=HAIKU, cost=None, input_tokens=0, output_tokens=0
+    )
+    failed.update(
+        {
+            "status": "error",
+            "gen_ai.usage.input_tokens": None,
+            "gen_ai.usage.output_tokens": None,
+            "usage_status": "missing",
+        }
+    )
+    write_events(db, [*scenario_events(), hit, failed])
+    for kind, name in IMPORTS:
+        assert run("--db", db, "reconcile", "import", kind, str(FIXTURES / name))[0] == 0
+    claude = _groups(db)[("2026-11-02", "anthropic", HAIKU, "")]
+    assert (claude.ours_cost, claude.ours_tokens) == (Decimal("0.30"), 3000)
+    assert claude.dark == Decimal("0.10625") and claude.drift == Decimal("0.01875")
 
 
 def test_report_json_totals_and_bedrock_requests(loaded: str) -> None:
