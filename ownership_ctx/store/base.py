@@ -7,6 +7,7 @@ driver by the dialect.
 
 from __future__ import annotations
 
+import abc
 import json
 import threading
 from collections.abc import Mapping, Sequence
@@ -60,28 +61,30 @@ class StoreBase(EventQueries):
 
     # -- what subclasses provide -------------------------------------------------------------
 
+    @abc.abstractmethod
     def _execute(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """Run one read on the reader connection (``sql`` already in the driver's form)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _is_database_error(self, error: BaseException) -> bool:
-        raise NotImplementedError
+        """Whether ``error`` came from this store's driver or file system."""
 
     def is_database_error(self, error: BaseException) -> bool:
         """Whether ``error`` came from the database (its driver, or the file system)."""
         return self._is_database_error(error)
 
+    @abc.abstractmethod
     def prune(self, before: float) -> Pruned:
         """Remove the events older than ``before`` (`ownership_ctx.store.retention`)."""
-        raise NotImplementedError
 
     def _full_scan_hint(self, calls_in_range: int) -> str:
         """The ``ts`` column as a range filter on provider_calls over ``calls_in_range`` rows
         (a dialect may ask for a scan instead of an index walk)."""
         return "ts"
 
+    @abc.abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Close the store's connections."""
 
     # -- plumbing ----------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ of ``provider_calls`` the join needs (`BillStore.event_groups`, `BillStore.reque
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import datetime as dt
 import sqlite3
@@ -181,14 +182,15 @@ def _epoch_day(value: Any) -> str:
     return (dt.date(1970, 1, 1) + dt.timedelta(days=int(value))).isoformat()
 
 
-class _Reads:
+class _Reads(abc.ABC):
     """The query half of `BillStore` (kept apart from the writes for reading)."""
 
     conn: Any
     dialect: str
 
+    @abc.abstractmethod
     def fetch(self, text: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
+        """Rows of one query (``?`` placeholders on both databases)."""
 
     def bill_groups(self, start_day: str, end_day: str) -> list[BillGroup]:
         out = []

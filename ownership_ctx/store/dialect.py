@@ -7,6 +7,7 @@ PostgreSQL), and the few spellings that differ. Every statement the stores run i
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from decimal import Decimal
 from typing import Final
@@ -51,7 +52,7 @@ _UNATTRIBUTED_MEASURES: Final = ("calls", "cost", "first_ts", "provider", "model
 
 
 @dataclasses.dataclass(frozen=True)
-class Dialect:
+class Dialect(abc.ABC):
     name: str
     mark: str  # the driver's placeholder
     types: dict[ColumnKind, str]
@@ -254,13 +255,13 @@ class Dialect:
 
     # -- what differs beyond names ----------------------------------------------------------
 
+    @abc.abstractmethod
     def raw_table_ddl(self, table: str) -> list[str]:
         """CREATE statements of one raw table, its indexes and its ``<table>_json`` view."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def json_text(self, column: str, key: str) -> str:
         """A top-level key of a JSON column as text."""
-        raise NotImplementedError
 
     def schema(self) -> list[str]:
         """Every CREATE statement of the store, in order."""

@@ -3,6 +3,7 @@ context manager, with its URL."""
 
 from __future__ import annotations
 
+import abc
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -13,15 +14,16 @@ __all__ = ["LoopbackServer"]
 _S = TypeVar("_S", bound="LoopbackServer")
 
 
-class LoopbackServer:
+class LoopbackServer(abc.ABC):
     """Subclasses set ``host`` and ``port`` (0: any free port) and say which handler serves."""
 
     host: str = "127.0.0.1"
     port: int = 0
     _server: ThreadingHTTPServer | None = None
 
+    @abc.abstractmethod
     def handler(self) -> type[BaseHTTPRequestHandler]:
-        raise NotImplementedError
+        """The request handler class, bound to this server's state."""
 
     def start(self: _S) -> _S:
         self._server = ThreadingHTTPServer((self.host, self.port), self.handler())
