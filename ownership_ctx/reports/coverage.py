@@ -218,41 +218,17 @@ def hop_breakdown(
 ) -> list[HopLoss]:
     """Unattributed spend per (hop, unit) where its trace first lost its fields.
     (``calls_in_range`` is no longer needed: kept for callers that pass it.)"""
-    # One row per trace and field pattern (not per call), kept in a rollup of their own.
-    calls = source.unattributed_calls(time_range.start, time_range.end, required)
-    steps: dict[str | None, list[Step]] = defaultdict(list)
-    money: dict[str | None, list[Any]] = defaultdict(lambda: [Decimal(0), 0])
-    for row in calls:
-        unit = f"{row.provider or '?'} {row.model or '?'}"
-        steps[row.trace_id].append(
-            Step(row.first_ts, "call", "call", unit, row.attribution, (), row.fields)
-        )
-        money[row.trace_id][0] += row.cost
-        money[row.trace_id][1] += row.calls
-    traced = [t for t in steps if t is not None]
-    # The hops of those traces, by the trace index: those within a day of the trace's first
-    # unattributed call (a trace's hops run minutes around its calls, not days).
-    first = [min(s.ts for s in steps[t]) for t in traced]
-    for hop in source.trace_steps(traced, near=first):
-        steps[hop.trace_id].append(
-            Step(
-                hop.ts,
-                hop.kind,
-                str(hop.hop or "?"),
-                str(hop.unit or "?"),
-                hop.outcome,
-                hop.missing,
-                hop.fields,
-            )
-        )
+    # The store groups the traces by shape (their steps, in order): where a shape lost its
+    # fields is worked out once, however many traces went that way.
     groups: dict[tuple[str, str, str], list[Any]] = {}
-    for trace in [*traced, *([None] if None in money else [])]:
-        if trace is None:
+    for shape in source.loss_shapes(time_range.start, time_range.end, required):
+        if not shape.steps:
             key = ("(none)", "(no trace id)", "no_envelope")
             lost: tuple[str, ...] = tuple(required)
             reason = "no envelope was bound where the call was made"
         else:
-            loss = first_loss(steps[trace], required)
+            steps = [Step(float(i), *step) for i, step in enumerate(shape.steps)]
+            loss = first_loss(steps, required)
             if loss is None:
                 # Only possible when hop events were not recorded: say so rather than guess.
                 key = ("(unknown)", "(no hop evidence)", "unknown")
@@ -261,9 +237,9 @@ def hop_breakdown(
                 key = (loss.hop, loss.unit, loss.code)
                 lost, reason = loss.fields, loss.reason
         acc = groups.setdefault(key, [Decimal(0), 0, 0, set(), reason])
-        acc[0] += money[trace][0]
-        acc[1] += money[trace][1]
-        acc[2] += 1 if trace is not None else 0
+        acc[0] += shape.cost
+        acc[1] += shape.calls
+        acc[2] += shape.traces
         acc[3].update(lost)
     out = [
         HopLoss(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 __all__ = [
     "BAD_OUTCOMES",
@@ -41,8 +41,10 @@ ENVELOPE_FIELDS: Final = ("owner_team", "workflow_id", "feature", "tenant", "use
 _ORDER: Final = {"hop": 0, "request": 1, "call": 2}
 
 
-@dataclasses.dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
+    """One step of a trace. (A named tuple: coverage builds one per unattributed call and
+    hop, and compares whole traces by their steps.)"""
+
     ts: float
     kind: str  # "hop", "request" or "call"
     hop: str  # hop kind ("http", "celery", ...); "call" for provider calls

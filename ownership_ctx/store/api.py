@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .tables import DIMENSIONS, MEASURE_NAMES, TIME_DIMENSIONS
 
@@ -30,8 +30,10 @@ __all__ = [
     "MEASURES",
     "TIME_DIMENSIONS",
     "EventQueries",
+    "LossShape",
     "Pruned",
     "RollupRow",
+    "ShapeStep",
     "StoreError",
     "TraceSpend",
     "TraceStep",
@@ -79,10 +81,10 @@ class RollupRow:
     estimated_cost: Decimal = Decimal(0)
 
 
-@dataclasses.dataclass(frozen=True)
-class UnattributedCalls:
+class UnattributedCalls(NamedTuple):
     """Calls of one trace that lack attribution, with the same attribution and the same
-    ownership fields present (``trace_id`` None: calls made with no trace id at all)."""
+    ownership fields present (``trace_id`` None: calls made with no trace id at all).
+    (Named tuples: the hop breakdown reads one per unattributed trace, tens of thousands.)"""
 
     trace_id: str | None
     attribution: str  # "" when the calls had none
@@ -94,8 +96,7 @@ class UnattributedCalls:
     model: str | None
 
 
-@dataclasses.dataclass(frozen=True)
-class TraceStep:
+class TraceStep(NamedTuple):
     """A hop or request event of a trace, as the hop breakdown reads it."""
 
     trace_id: str
@@ -106,6 +107,28 @@ class TraceStep:
     outcome: str | None
     missing: tuple[str, ...]
     fields: frozenset[str]  # ownership fields the event carried
+
+
+class ShapeStep(NamedTuple):
+    """One step of a `LossShape`: a call, hop or request event, without its time."""
+
+    kind: str  # "call", "hop" or "request"
+    hop: str  # the hop kind; "call" for calls, "http" for request events; "?" unknown
+    unit: str  # route / task / actor; "provider model" for calls
+    outcome: str | None  # the hop's outcome; a call's attribution
+    missing: tuple[str, ...]
+    fields: frozenset[str]  # ownership fields the step carried
+
+
+class LossShape(NamedTuple):
+    """Traces whose unattributed calls and hops went the same way: the steps in time order,
+    and how many traces, their unattributed calls and cost. ``steps`` is empty for the calls
+    made with no trace id at all."""
+
+    steps: tuple[ShapeStep, ...]
+    traces: int
+    calls: int
+    cost: Decimal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +204,13 @@ class EventQueries(Protocol):
     ) -> list[TraceStep]:
         """The hop and request events of these traces; with ``near`` (a time per trace), only
         those within ``window`` seconds of it (much faster on day-partitioned tables)."""
+        ...
+
+    def loss_shapes(self, start: float, end: float, required: Sequence[str]) -> list[LossShape]:
+        """The traces with calls in the hours starting in ``[start, end)`` that are not
+        attributed or lack one of the ``required`` fields, grouped by shape (their steps, in
+        time order, within a day of the first such call): what coverage's hop breakdown
+        reads. Cost grows with those traces, done in the database; the result with shapes."""
         ...
 
     def top_requests(self, start: float, end: float, n: int) -> list[TraceSpend]:

@@ -18,8 +18,10 @@ from .api import (
     DIMENSIONS,
     TIME_DIMENSIONS,
     EventQueries,
+    LossShape,
     Pruned,
     RollupRow,
+    ShapeStep,
     StoreError,
     TraceSpend,
     TraceStep,
@@ -38,6 +40,11 @@ _CHUNK: Final = 400  # trace ids per IN (...) query: well under SQLite's 32766 p
 #: Presence bits (`tables.PRESENCE`) by envelope field name.
 _BIT: Final = {("user" if c == "user_id" else c): 1 << i for i, c in enumerate(PRESENCE)}
 _FIELD_NAMES: Final = ("owner_team", "workflow_id", "feature", "tenant", "user")
+_ALL_FIELDS: Final = (1 << len(PRESENCE)) - 1
+#: The present fields of every presence mask, built once (a breakdown reads tens of thousands).
+_FIELDS_OF_MASK: Final = tuple(
+    frozenset(f for f in _FIELD_NAMES if mask & _BIT[f]) for mask in range(_ALL_FIELDS + 1)
+)
 
 #: Connections inherited by a fork child: never used there and never closed there (closing one
 #: would end the parent's PostgreSQL session, or checkpoint / unlink a SQLite WAL), only kept
@@ -290,19 +297,48 @@ class StoreBase(EventQueries):
             " GROUP BY trace_id, attribution, present",
             (lo, hi, mask, mask),
         )
+        money, fields = self._money, _FIELDS_OF_MASK
         return [
             UnattributedCalls(
-                trace_id=str(trace) or None,
-                attribution=str(attribution),
-                fields=frozenset(f for f in _FIELD_NAMES if int(present) & _BIT[f]),
-                first_ts=float(first_ts or 0),
-                calls=int(calls),
-                cost=self._money(cost),
-                provider=provider,
-                model=model,
+                str(trace) or None,
+                str(attribution),
+                fields[int(present) & _ALL_FIELDS],
+                float(first_ts or 0),
+                int(calls),
+                money(cost),
+                provider,
+                model,
             )
             for trace, attribution, present, first_ts, calls, cost, provider, model in rows
         ]
+
+    def loss_shapes(self, start: float, end: float, required: Sequence[str]) -> list[LossShape]:
+        mask = 0
+        for name in required:
+            mask |= _BIT[name]
+        (_, lo, hi), *_ = self._tiers(start, end, by_hour=True)
+        params = (lo, hi, mask, mask)
+        # The same shape may come back more than once (its steps joined in another order).
+        found: dict[tuple[ShapeStep, ...], list[Any]] = {}
+        for shape, traces, calls, cost in self.fetch(self.dialect.loss_shapes(), params):
+            steps = tuple(
+                _shape_step(*step)
+                for step in sorted(json.loads(f"[{shape}]"), key=lambda s: int(s[0]))
+            )
+            acc = found.setdefault(steps, [0, 0, Decimal(0)])
+            acc[0] += int(traces)
+            acc[1] += int(calls)
+            acc[2] += self._money(cost)
+        ((calls, cost),) = self.fetch(
+            "SELECT coalesce(sum(calls), 0), sum(cost) FROM unattributed_hourly"
+            " WHERE hour >= ? AND hour < ? AND trace_id = ''"
+            " AND (attribution <> 'attributed' OR (present & ?) <> ?)",
+            params,
+        )
+        out = [LossShape(steps, *acc) for steps, acc in found.items()]
+        if calls:
+            out.append(LossShape((), 0, int(calls), self._money(cost)))
+        return out
 
     def trace_steps(
         self,
@@ -317,14 +353,15 @@ class StoreBase(EventQueries):
             # In time order, so that each chunk's window is narrow: on PostgreSQL it then reads
             # the trace index of a few day partitions instead of all of them.
             pairs = sorted(zip(near, trace_ids, strict=True))
-        ts = self.dialect.unindexed("ts")  # the trace index finds the rows; ts only narrows
+        ts_column = self.dialect.unindexed("ts")  # the trace index finds the rows; ts narrows
+        fields_of, no_missing = _FIELDS_OF_MASK, ()
         for i in range(0, len(pairs), _CHUNK):
             chunk = [t for _, t in pairs[i : i + _CHUNK]]
             slots = ", ".join("?" * len(chunk))
             params: list[Any] = list(chunk)
             bounds = ""
             if near is not None:
-                bounds = f" AND {ts} >= ? AND {ts} < ?"
+                bounds = f" AND {ts_column} >= ? AND {ts_column} < ?"
                 low, high = pairs[i][0] - window, pairs[i + len(chunk) - 1][0] + window
                 params += [low, high]
             rows = self.fetch(
@@ -335,17 +372,37 @@ class StoreBase(EventQueries):
                 f" WHERE trace_id IN ({slots}){bounds}",
                 params * 2,
             )
-            for trace, ts, hop, unit, outcome, missing, *marks, kind in rows:
+            for (
+                trace,
+                ts,
+                hop,
+                unit,
+                outcome,
+                missing,
+                team,
+                workflow,
+                feature,
+                tenant,
+                user,
+                kind,
+            ) in rows:
+                mask = (
+                    (1 if team else 0)
+                    | (2 if workflow else 0)
+                    | (4 if feature else 0)
+                    | (8 if tenant else 0)
+                    | (16 if user else 0)
+                )
                 out.append(
                     TraceStep(
-                        trace_id=str(trace),
-                        ts=float(ts or 0),
-                        kind=str(kind),
-                        hop=hop,
-                        unit=unit,
-                        outcome=outcome,
-                        missing=tuple(m for m in (missing or "").split(",") if m),
-                        fields=frozenset(n for n, v in zip(_FIELD_NAMES, marks, strict=True) if v),
+                        str(trace),
+                        float(ts or 0),
+                        str(kind),
+                        hop,
+                        unit,
+                        outcome,
+                        tuple(m for m in missing.split(",") if m) if missing else no_missing,
+                        fields_of[mask],
                     )
                 )
         return out
@@ -363,6 +420,22 @@ class StoreBase(EventQueries):
             (start, end, n),
         )
         return [TraceSpend(str(t), self._money(s)) for t, s in rows if s is not None]
+
+
+def _shape_step(
+    rank: int, kind: str, hop: str, unit: str, outcome: str | None, missing: str, present: int
+) -> ShapeStep:
+    """One step of `Dialect.loss_shapes`' JSON; ``?`` for what is not known."""
+    if kind == "call":  # hop and unit hold the provider and the model
+        hop, unit = "call", f"{hop or '?'} {unit or '?'}"
+    return ShapeStep(
+        kind,
+        hop or "?",
+        unit or "?",
+        outcome,
+        tuple(m for m in missing.split(",") if m),
+        _FIELDS_OF_MASK[int(present) & _ALL_FIELDS],
+    )
 
 
 def _ceil(value: float) -> int:

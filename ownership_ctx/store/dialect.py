@@ -179,10 +179,10 @@ class Dialect(abc.ABC):
             f" AND p.ts < {row}.ts + {_TRACE_WINDOW})"
         )
 
-    def presence(self) -> str:
-        """The bit pattern of the ownership fields a provider_calls row carries."""
+    def presence(self, prefix: str = "") -> str:
+        """The bit pattern of the ownership fields a row carries (``prefix``: its alias.)."""
         return " + ".join(
-            f"CASE WHEN coalesce({c}, '') = '' THEN 0 ELSE {1 << i} END"
+            f"CASE WHEN coalesce({prefix}{c}, '') = '' THEN 0 ELSE {1 << i} END"
             for i, c in enumerate(PRESENCE)
         )
 
@@ -245,6 +245,50 @@ class Dialect(abc.ABC):
             f" DO UPDATE SET calls = unpriced_hourly.calls + {self.excluded}.calls"
         )
 
+    def loss_shapes(self) -> str:
+        """Traces with unattributed calls in an hour range (parameters: first hour, end hour,
+        then the required fields' presence mask twice), grouped by their *shape*: the steps
+        (calls from ``unattributed_hourly``; hops and request events within a day of the
+        trace's first such call) in time order, times left out. Per shape: the steps (each
+        ``[rank, kind, hop, unit, outcome, missing, presence]``, joined by commas in no
+        particular order: sort by rank), traces, calls, cost. A call's step holds its provider
+        and model where a hop's holds hop and unit. Coverage works out where each shape lost
+        its fields once, instead of once per trace. (No ``'?'`` literals: PostgreSQL's driver
+        would read them as placeholders.)"""
+        window, ts = _TRACE_WINDOW, self.unindexed
+        step = self.json_list(
+            "row_number() OVER (PARTITION BY trace_id ORDER BY ts, o)",
+            "kind",
+            "hop",
+            "unit",
+            "outcome",
+            "missing",
+            "present",
+        )
+        return (
+            "WITH u AS (SELECT trace_id, attribution, present, min(first_ts) AS first_ts,"
+            " sum(calls) AS calls, sum(cost) AS cost, min(provider) AS provider,"
+            " min(model) AS model FROM unattributed_hourly WHERE hour >= ? AND hour < ?"
+            " AND trace_id <> '' AND (attribution <> 'attributed' OR (present & ?) <> ?)"
+            " GROUP BY trace_id, attribution, present),"
+            " t AS (SELECT trace_id, min(first_ts) AS first_ts FROM u GROUP BY trace_id),"
+            " s AS (SELECT trace_id, first_ts AS ts, 2 AS o, 'call' AS kind,"
+            " coalesce(provider, '') AS hop, coalesce(model, '') AS unit,"
+            " attribution AS outcome, '' AS missing, present, calls, cost FROM u"
+            " UNION ALL SELECT h.trace_id, h.ts, 0, 'hop', coalesce(h.hop, ''),"
+            f" coalesce(h.unit, ''), h.outcome, coalesce(h.missing, ''), {self.presence('h.')},"
+            f" 0, 0 FROM t JOIN hops h ON h.trace_id = t.trace_id"
+            f" AND {ts('h.ts')} >= t.first_ts - {window} AND {ts('h.ts')} < t.first_ts + {window}"
+            " UNION ALL SELECT r.trace_id, r.ts, 1, 'request', 'http', coalesce(r.route, ''),"
+            f" r.outcome, coalesce(r.missing, ''), {self.presence('r.')}, 0, 0"
+            f" FROM t JOIN requests r ON r.trace_id = t.trace_id"
+            f" AND {ts('r.ts')} >= t.first_ts - {window} AND {ts('r.ts')} < t.first_ts + {window}),"
+            f" ranked AS (SELECT trace_id, {step} AS step, calls, cost FROM s),"
+            f" shapes AS (SELECT {self.text_agg('step')} AS shape, sum(calls) AS calls,"
+            " sum(cost) AS cost FROM ranked GROUP BY trace_id)"
+            " SELECT shape, count(*), sum(calls), sum(cost) FROM shapes GROUP BY shape"
+        )
+
     def unindexed(self, column: str) -> str:
         """``column`` in a WHERE clause that must not choose its index (SQLite would walk the
         ``ts`` index for a range rather than the trace index for a list of ids)."""
@@ -262,6 +306,14 @@ class Dialect(abc.ABC):
     @abc.abstractmethod
     def json_text(self, column: str, key: str) -> str:
         """A top-level key of a JSON column as text."""
+
+    @abc.abstractmethod
+    def json_list(self, *values: str) -> str:
+        """A JSON array of ``values`` (SQL expressions), as text."""
+
+    @abc.abstractmethod
+    def text_agg(self, value: str) -> str:
+        """The texts of a group joined by commas (in no particular order)."""
 
     def schema(self) -> list[str]:
         """Every CREATE statement of the store, in order."""
@@ -298,6 +350,12 @@ class _SQLite(Dialect):
     def json_text(self, column: str, key: str) -> str:
         return f"json_extract({column}, '$.{key}')"
 
+    def json_list(self, *values: str) -> str:
+        return f"json_array({', '.join(values)})"
+
+    def text_agg(self, value: str) -> str:
+        return f"group_concat({value}, ',')"
+
 
 @dataclasses.dataclass(frozen=True)
 class _Postgres(Dialect):
@@ -325,6 +383,12 @@ class _Postgres(Dialect):
 
     def json_text(self, column: str, key: str) -> str:
         return f"{column}->>'{key}'"
+
+    def json_list(self, *values: str) -> str:
+        return f"json_build_array({', '.join(values)})::text"
+
+    def text_agg(self, value: str) -> str:
+        return f"string_agg({value}, ',')"
 
     def first_of_trace(self, row: str) -> str:
         """No rowids here. A batch's rows come from `FIRSTS` (the inserted rows, each marked
