@@ -90,6 +90,7 @@ class Pipeline:
         self.rescan_interval = rescan_interval
         self.close_timeout = close_timeout
         self._closed = False
+        self._unwritten_after_close = False
         self._reset_process_state()
         # The spool directory is created by the first segment written to it: a run that never
         # spools leaves nothing behind. An unusable one is reported now, not at the first spill.
@@ -173,6 +174,8 @@ class Pipeline:
 
     def _overflow(self, event: Event) -> None:
         """Queue full (or pipeline closed): spill from the caller's thread, else drop-oldest."""
+        if self._closed:
+            self._unwritten_after_close = True  # spilled for the next run, or dropped
         spool = self._spool
         if spool is not None:
             if isinstance(event, dict) and (event.get("event_id") is None or "ts" not in event):
@@ -218,8 +221,12 @@ class Pipeline:
         and replay the spool, waiting at most ``timeout`` seconds.
 
         True when all of it reached the backend; False when some is still spooled on disk
-        (it is replayed later, by this process or the next) or the timeout passed.
+        (it is replayed later, by this process or the next) or the timeout passed. A closed
+        pipeline answers at once: it writes nothing more (what was emitted after `close` is
+        in the spool, for the next run), so a shutdown hook never waits on it.
         """
+        if self._closed:
+            return not self._unwritten_after_close
         return self._settle(timeout, stop=False)
 
     def close(self, timeout: float | None = None) -> bool:

@@ -28,8 +28,8 @@ class State(TypedDict):
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[str]:
     url = f"sqlite:///{tmp_path / 'ownership.db'}"
-    installed = sinks.install(url)
-    previous = events.set_sink(installed)
+    previous = events.get_sink()
+    installed = sinks.install(url)  # sets it as the sink
     metering.instrument_all()
     oc_langgraph.install()
     try:

@@ -180,6 +180,44 @@ def test_close_seals_the_spool_for_the_next_process(tmp_path: Path) -> None:
     q.close()
 
 
+class ClosedBackend(FakeBackend):
+    """Counts (and fails) the writes tried once it is closed."""
+
+    closed = False
+    after_close = 0
+
+    def write_batch(self, batch: list[Mapping[str, Any]]) -> None:
+        if self.closed:
+            self.after_close += 1
+            raise ConnectionError("closed")
+        super().write_batch(batch)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_flush_after_close_answers_at_once_and_writes_nothing(tmp_path: Path) -> None:
+    # A worker's shutdown hook flushing a pipeline some other code already closed must not
+    # replay the spool into the closed backend, or wait for it.
+    spool = tmp_path / "spool"
+    backend = ClosedBackend()
+    p = pipeline(backend, spool)
+    sent = [provider_call() for _ in range(20)]
+    for e in sent:
+        p.emit(e)
+    assert p.close(10)
+    assert backend.closed and set(backend.ids) == {e["event_id"] for e in sent}
+    assert p.flush(10)  # everything emitted reached the backend
+    late = provider_call()
+    p.emit(late)  # spilled for the next run
+    assert not p.flush(10)
+    assert backend.after_close == 0
+    fresh = FakeBackend()
+    q = pipeline(fresh, spool)
+    assert q.close(10)
+    assert set(fresh.ids) == {late["event_id"]}
+
+
 def test_orphaned_segments_of_dead_processes_are_replayed(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()
