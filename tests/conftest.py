@@ -76,4 +76,3 @@ def no_key_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No hash or signing keys from the environment: `Keys.from_env()` gives empty keys."""
     monkeypatch.delenv("OWNERSHIP_CTX_HASH_KEY", raising=False)
     monkeypatch.delenv("OWNERSHIP_CTX_SIGNING_KEYS", raising=False)
-
