@@ -39,7 +39,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
-from typing import IO, Any, Final
+from typing import IO, Any, Final, NoReturn
 
 from ownership_ctx import __version__, demo
 from ownership_ctx.exit_codes import EXIT_BREACHED, EXIT_OK, EXIT_USAGE
@@ -187,6 +187,8 @@ class Command:
     run: Run
     store: bool = True  # gets --db/--since/--until/--format and an opened store
     ranged: bool = True  # reads a time range (--since/--until): notes when it holds nothing
+    #: Which of --since / --until it reads (the others are refused, not ignored).
+    bounds: tuple[str, ...] = ("since", "until")
     #: Checks the arguments (output paths, ...) before the store is opened: fail fast.
     check: Callable[[argparse.Namespace], None] | None = None
 
@@ -527,6 +529,7 @@ for _command in (
         _trace_args,
         _trace,
         ranged=False,
+        bounds=(),
     ),
     Command(
         "anomaly",
@@ -534,6 +537,7 @@ for _command in (
         _anomaly_args,
         _anomaly,
         ranged=False,  # its periods are --baseline / --current
+        bounds=("until",),  # where a relative --current ends
     ),
     Command(
         "fake-provider",
@@ -555,6 +559,7 @@ for _command in (
         _budgets_args,
         _budgets,
         ranged=False,  # each budget's own period
+        bounds=(),
         check=_check_budgets,
     ),
     Command(
@@ -634,7 +639,9 @@ def _load_extensions() -> None:
                 raise
 
 
-def _store_options(p: argparse.ArgumentParser, *, top: bool) -> None:
+def _store_options(
+    p: argparse.ArgumentParser, *, top: bool, bounds: tuple[str, ...] = ("since", "until")
+) -> None:
     # Defaults are suppressed so that a value given before the subcommand is not overwritten
     # by the subcommand's default; `_resolve` fills them in.
     s = argparse.SUPPRESS
@@ -646,10 +653,13 @@ def _store_options(p: argparse.ArgumentParser, *, top: bool) -> None:
     )
     if top:
         p.add_argument("--version", action="version", version=f"ownership-ctx {__version__}")
-    p.add_argument(
-        "--since", default=s, help="start: 2026-01-05, 2026-01-05T10:00, 7d (default 30d)"
-    )
-    p.add_argument("--until", default=s, help="end (exclusive): same forms (default now)")
+    # Commands with periods of their own (trace, anomaly, budgets) take fewer bounds, or none.
+    if "since" in bounds:
+        p.add_argument(
+            "--since", default=s, help="start: 2026-01-05, 2026-01-05T10:00, 7d (default 30d)"
+        )
+    if "until" in bounds:
+        p.add_argument("--until", default=s, help="end (exclusive): same forms (default now)")
     p.add_argument("--format", choices=("table", "csv", "json"), default=s, help="output format")
     p.add_argument(
         "--progress",
@@ -659,9 +669,16 @@ def _store_options(p: argparse.ArgumentParser, *, top: bool) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors on one line, like every other error of the command (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     _load_extensions()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ownership-ctx",
         description="Who spent what on LLM calls: reports over the ownership_ctx event store.",
         epilog="options go before or after the command. exit codes: 0 ok, 1 threshold"
@@ -672,7 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in _COMMANDS.values():
         p = sub.add_parser(command.name, help=command.help, description=command.help)
         if command.store:
-            _store_options(p, top=False)
+            _store_options(p, top=False, bounds=command.bounds)
         command.configure(p)
         p.set_defaults(_command=command)
     return parser
@@ -701,6 +718,13 @@ def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None) -> in
     progress = Progress(sys.stderr, enabled)
     ctx = Context(stdout, sys.stderr, progress, args.db, args.format)
     try:
+        for bound in ("since", "until"):
+            if bound not in command.bounds and getattr(args, bound) is not None:
+                # Given before the command name: say so rather than ignore it.
+                raise UsageError(
+                    f"--{bound} does not apply to {command.name}:"
+                    f" {_OWN_PERIOD.get(command.name, 'it reads a period of its own')}"
+                )
         if command.check is not None:
             command.check(args)
             ctx.db = args.db  # a check may choose the store (budgets: the file's `store`)
@@ -733,6 +757,14 @@ def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None) -> in
         return 130
     sys.stderr.write(f"ownership-ctx {command.name}: error: {message}\n")
     return EXIT_USAGE
+
+
+#: What sets the period of the commands that take no --since / --until.
+_OWN_PERIOD: Final = {
+    "trace": "a trace is shown whole",
+    "anomaly": "use --baseline and --current (--until ends a relative --current)",
+    "budgets": "each budget has its own period (use --at)",
+}
 
 
 def _note_empty(ctx: Context, command: Command) -> None:

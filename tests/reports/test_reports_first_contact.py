@@ -263,10 +263,15 @@ def test_bad_invocations_are_one_line_with_exit_2(small: str, tmp_path: Path) ->
         (["anomaly", "--db", small, "--team", "nobody", *W02], None, "teams with events then: ml"),
         (["chargeback", "--db", small, "--since", "someday"], None, "someday"),
         (["audit", "--db", small, "--sample", "0"], None, "--sample"),
+        # Commands with periods of their own refuse a range rather than ignore it.
+        (["trace", "--db", small, "--since", "7d", "f" * 32], None, "unrecognized arguments"),
+        (["--since", "7d", "trace", "--db", small, "f" * 32], None, "shown whole"),
+        (["--since", "7d", "anomaly", "--db", small, "--team", "ml"], None, "--baseline"),
+        (["budgets", "--db", small, "--until", "7d"], None, "unrecognized arguments: --until"),
     ]
     for args, env, expected in corpus:
         line = one_line_error(run(*args, env=env, cwd=tmp_path))
-        assert line.startswith("ownership-ctx "), line
+        assert line.startswith(("ownership-ctx ", "ownership-ctx: error: ")), line
         assert expected in line, (args, line)
     assert (full / "thesis.tex").read_text() == "years of work"
     assert not (tmp_path / "none.db").exists()
