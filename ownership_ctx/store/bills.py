@@ -236,12 +236,8 @@ class _Reads(abc.ABC):
         return out
 
     def _scope_sql(self) -> str:
-        # Only OpenAI calls carry a billing scope today: the JSON body is read for those alone.
-        if self.dialect == "sqlite":
-            scope = "json_extract(body, '$.billing_scope')"
-        else:
-            scope = "body->>'billing_scope'"
-        return f"CASE WHEN provider = 'openai' THEN coalesce({scope}, '') ELSE '' END"
+        # Only OpenAI bills show a scope our calls can match (the project).
+        return "CASE WHEN provider = 'openai' THEN coalesce(billing_scope, '') ELSE '' END"
 
     def _day_sql(self) -> str:
         if self.dialect == "sqlite":
