@@ -17,6 +17,7 @@ import pytest
 
 from ownership_ctx.sinks.config import open_backend
 from ownership_ctx.store import DIMENSIONS, SQLiteStore, StoreError
+from ownership_ctx.store.bills import BillStore, StoreOutdated
 from ownership_ctx.store.dialect import POSTGRESQL, SQLITE
 
 DAY0 = 1_767_571_200  # 2026-01-05T00:00:00Z
@@ -122,6 +123,10 @@ def test_an_old_sqlite_store_is_upgraded_to_billing_scope(tmp_path: Path, versio
     with pytest.raises(StoreError, match="older ownership_ctx: open it once for writing"):
         reader.extent()
     reader.close()
+    bills = BillStore(sqlite3.connect(tmp_path / "old.db"), "sqlite", readonly=True)
+    with pytest.raises(StoreOutdated, match="open it once for writing"):
+        bills.event_groups(DAY0, DAY0 + 2 * 86400)
+    bills.close()
 
     upgraded = SQLiteStore(tmp_path / "old.db")
     upgraded.write_batch([])  # opened for writing: upgraded
