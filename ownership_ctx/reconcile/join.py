@@ -5,7 +5,8 @@ For each group:
 - billed: the cost exports' money (OpenAI Costs, Anthropic cost report, AWS CUR) and the usage
   exports' tokens (OpenAI Usage, Anthropic usage report, Bedrock invocation logs);
 - ours: the provider_call events' cost, split into attributed (an owner), unattributed, and
-  of which estimated (usage a cancelled stream left partial);
+  of which estimated (usage estimated for a stream the caller cancelled, as in the other
+  reports);
 - dark spend: billed money our events never saw. With billed tokens, it is the billed cost of
   the tokens we did not record (``billed x (1 - our tokens / billed tokens)``); the rest of
   the gap is price drift (our list price against the invoice). Without billed tokens the whole
@@ -18,7 +19,8 @@ requests only the logs have are dark, priced from the price table (marked estima
 
 Grain: model when the provider's bill names models (CUR does not: Bedrock compares per day
 and account); scope (OpenAI project) when our events carry one. Groups are pure Python over
-two GROUP BY queries, so a month of millions of calls costs one scan of ``provider_calls``.
+two GROUP BY queries: the bill rows, and our daily rollup (``rollup_daily``), so a month of
+millions of calls costs as much as its groups, not its calls.
 """
 
 from __future__ import annotations

@@ -181,7 +181,7 @@ ProviderCallEvent = TypedDict(
         "output_audio_tokens": "int | None",
         "input_image_tokens": "int | None",
         "output_image_tokens": "int | None",
-        "usage_status": Literal["reported", "partial", "missing", "invalid"],
+        "usage_status": Literal["reported", "partial", "estimated", "missing", "invalid"],
         "cost": "str | None",  # decimal string
         "currency": str,
         "cost_source": Literal["provider", "price_table", "unpriced", "override"],
@@ -193,7 +193,8 @@ ProviderCallEvent = TypedDict(
         "fallback_of_call_id": "str | None",
         "recorded_by": str,
         "problems": list[str],
-        # Added by reconciliation's metering (branch reconcile): where the call is billed.
+        # Where the call is billed (reconciliation joins bills on these; billing_scope is a
+        # typed column and a rollup dimension of the store).
         "billing_scope": "str | None",
         "billing_region": "str | None",
         "api_key_fingerprint": "str | None",

@@ -12,9 +12,10 @@ Each import is one transaction: all of it is stored or none. Costs are kept as t
 decimal text plus ``cost_nanousd`` (integer billionths of a dollar, half-even), which SQL
 sums exactly on both databases.
 
-This is the only place reconciliation speaks SQL: the bill tables, and the aggregate reads
-of ``provider_calls`` the join needs (`BillStore.event_groups`, `BillStore.request_matches`).
-`ownership_ctx.reconcile.join` is pure Python over what these return.
+This is the only place reconciliation speaks SQL: the bill tables, and the reads of our side
+the join needs: `BillStore.event_groups` (the daily rollup, ``rollup_daily``: it grows with
+the groups, not with the calls) and `BillStore.request_matches` (raw ``provider_calls`` rows
+joined per request id). `ownership_ctx.reconcile.join` is pure Python over what these return.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from ownership_ctx.reconcile.bills import BillBatch, BillRow
 from ownership_ctx.schema import money
 
+from .api import StoreError
+from .dialect import POSTGRESQL, SQLITE, Dialect
+
 __all__ = [
     "BillGroup",
     "BillStore",
@@ -39,12 +43,14 @@ __all__ = [
     "ImportRecord",
     "RequestMatch",
     "StoreMissing",
+    "StoreOutdated",
     "open_bill_store",
 ]
 
-#: Calls a provider answered (and may bill): an application cache hit made no call; its
-#: would-be usage is avoided, never ours to reconcile.
-_CALLED: Final = "NOT coalesce(app_cache_hit, FALSE)"
+#: Only OpenAI bills show a scope our calls can match (the project): the rollups keep every
+#: provider's billing scope, reconciliation reads it for OpenAI alone.
+_SCOPE: Final = "CASE WHEN provider = 'openai' THEN billing_scope ELSE '' END"
+_DAY: Final = 86400
 
 _ROW_COLUMNS: Final = (
     "source",
@@ -70,6 +76,12 @@ _ROW_COLUMNS: Final = (
 
 class StoreMissing(LookupError):
     """The store (or its bill tables) does not exist: nothing was imported there yet."""
+
+
+class StoreOutdated(StoreError):
+    """The event store's rollups are from an older layout: it must be opened for writing
+    once (which upgrades it) before reconciliation can read it. The CLI reports it in one
+    line, as any store it cannot read."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -213,12 +225,21 @@ class _Reads(abc.ABC):
             )
         return out
 
+    @property
+    def rollup_dialect(self) -> Dialect:
+        """The event store's SQL dialect (rollup columns, how money is summed)."""
+        return SQLITE if self.dialect == "sqlite" else POSTGRESQL
+
     def event_groups(self, start: int, end: int) -> list[EventGroup]:
-        """Our calls in ``[start, end)`` (epoch seconds) per day x provider x model x scope."""
-        scan = self._mostly(start, end)
+        """Our calls in the whole UTC days of ``[start, end)`` (epoch seconds, widened to
+        days) per day x provider x model x scope, from the daily rollup."""
+        self.check_rollups()
+        first, stop = start // _DAY * _DAY, -(-end // _DAY) * _DAY
+        d = self.rollup_dialect
         out = []
-        for row in self.fetch(self._event_sql(scan=scan), (start, end)):
-            day, provider, model, scope, calls, cost, attributed, estimated, unpriced, tokens = row
+        for row in self.fetch(_event_sql(d), (first, stop)):
+            day, provider, model, scope, calls, cost, unattributed, estimated = row[:8]
+            unpriced, tokens = row[8:]
             out.append(
                 EventGroup(
                     _epoch_day(day),
@@ -226,59 +247,31 @@ class _Reads(abc.ABC):
                     model,
                     scope,
                     int(calls),
-                    money.from_nanos(cost),
-                    money.from_nanos(attributed),
-                    money.from_nanos(estimated),
+                    d.to_money(cost),
+                    d.to_money(cost) - d.to_money(unattributed),
+                    d.to_money(estimated),
                     int(unpriced or 0),
                     int(tokens or 0),
                 )
             )
         return out
 
-    def _scope_sql(self) -> str:
-        # Only OpenAI calls carry a billing scope today: the JSON body is read for those alone.
+    def check_rollups(self) -> None:
+        """Raise `StoreOutdated` when the event store's rollups are not keyed by billing scope
+        yet (a store written by an older ownership_ctx, not opened for writing since)."""
         if self.dialect == "sqlite":
-            scope = "json_extract(body, '$.billing_scope')"
+            found = self.fetch("SELECT name FROM pragma_table_info('rollup_daily')")
         else:
-            scope = "body->>'billing_scope'"
-        return f"CASE WHEN provider = 'openai' THEN coalesce({scope}, '') ELSE '' END"
-
-    def _day_sql(self) -> str:
-        if self.dialect == "sqlite":
-            return "CAST(ts / 86400 AS INTEGER)"
-        return "CAST(floor(ts / 86400) AS BIGINT)"
-
-    def _event_sql(self, *, scan: bool) -> str:
-        day, scope = self._day_sql(), self._scope_sql()
-        # A month is most of a store: reading the table in order beats a ts index lookup per
-        # row (measured 1.6x faster on SQLite, benchmarks/reconcile_scale.py).
-        table = "provider_calls NOT INDEXED" if scan else "provider_calls"
-        attributed = "attribution = 'attributed' AND coalesce(owner_team, '') <> ''"
-        estimated = "usage_status IN ('partial', 'estimated')"
-        # A failed attempt without usage is free: not a call (as in the rollups' measures).
-        free = "coalesce(status, 'ok') <> 'ok' AND input_tokens IS NULL AND cost_nanousd IS NULL"
-        return (
-            f"SELECT {day} AS d, provider, coalesce(response_model, request_model, '') AS model,"
-            f" {scope} AS scope, count(CASE WHEN {free} THEN NULL ELSE 1 END), sum(cost_nanousd),"
-            f" sum(CASE WHEN {attributed} THEN cost_nanousd END),"
-            f" sum(CASE WHEN {estimated} THEN cost_nanousd END),"
-            " sum(CASE WHEN cost_nanousd IS NULL AND status = 'ok' THEN 1 ELSE 0 END),"
-            " sum(coalesce(input_tokens, 0) + coalesce(output_tokens, 0))"
-            f" FROM {table} WHERE ts >= ? AND ts < ? AND {_CALLED}"
-            " GROUP BY 1, 2, 3, 4"
-        )
-
-    def _mostly(self, start: int, end: int) -> bool:
-        """Whether ``[start, end)`` holds over a tenth of SQLite's provider_calls (then scan)."""
-        if self.dialect != "sqlite":
-            return False
-        total = int(self.fetch("SELECT max(rowid) FROM provider_calls")[0][0] or 0)
-        if total == 0:
-            return False
-        inside = self.fetch(
-            "SELECT count(*) FROM provider_calls WHERE ts >= ? AND ts < ?", (start, end)
-        )[0][0]
-        return int(inside) * 10 > total
+            found = self.fetch(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = current_schema() AND table_name = 'rollup_daily'"
+            )
+        if "billing_scope" not in {name for (name,) in found}:
+            raise StoreOutdated(
+                "the event store was written by an older ownership_ctx (or has no event tables):"
+                " open it once for writing (any application with sinks.install, or"
+                " reconcile import) to upgrade it"
+            )
 
     def request_matches(self, start_day: str, end_day: str) -> list[RequestMatch]:
         out = []
@@ -314,21 +307,50 @@ class _Reads(abc.ABC):
         return [(str(a), str(b), str(c)) for a, b, c in rows]
 
     def daily_traffic(self) -> list[tuple[str, str, str, str, int, int, int, int, int, Decimal]]:
-        """Priced calls per day x provider x model x scope: (day, provider, model, scope,
-        input, output, cache read, cache write, calls, cost). The demo bills from this."""
+        """Calls per day x provider x model x scope, from the daily rollup: (day, provider,
+        model, scope, input, output, cache read, cache write, calls, cost). ``calls`` and the
+        tokens are the rollup's (no application cache hits, no free failed attempts; unpriced
+        calls count, at cost 0). The demo bills from this."""
+        self.check_rollups()
+        d = self.rollup_dialect
         rows = self.fetch(
-            f"SELECT {self._day_sql()}, provider,"
-            f" coalesce(response_model, request_model, ''), {self._scope_sql()},"
-            " sum(coalesce(input_tokens, 0)), sum(coalesce(output_tokens, 0)),"
-            " sum(coalesce(cache_read_tokens, 0)), sum(coalesce(cache_write_tokens, 0)),"
-            " count(*), sum(cost_nanousd)"
-            f" FROM provider_calls WHERE cost_nanousd IS NOT NULL AND {_CALLED}"
-            " GROUP BY 1, 2, 3, 4"
+            f"SELECT hour / {_DAY}, provider, model, {_SCOPE}, sum(input_tokens),"
+            " sum(output_tokens), sum(cache_read_tokens), sum(cache_write_tokens), sum(calls),"
+            f" sum({d.money_column('cost')}) FROM rollup_daily GROUP BY 1, 2, 3, 4"
+            " HAVING sum(calls) > 0 ORDER BY 1, 2, 3, 4"
         )
         return [
-            (_epoch_day(d), p, m, sc, int(i), int(o), int(r), int(w), int(n), money.from_nanos(c))
-            for d, p, m, sc, i, o, r, w, n, c in rows
+            (_epoch_day(day), p, m, sc, int(i), int(o), int(r), int(w), int(n), d.to_money(c))
+            for day, p, m, sc, i, o, r, w, n, c in rows
         ]
+
+
+def _event_sql(d: Dialect) -> str:
+    """Our side of the join per day x provider x model x scope, from ``rollup_daily``.
+
+    Where this differs from the raw-row aggregate it replaced (the rollups' definitions, as
+    every report reads them; `ownership_ctx.store.tables.MEASURES`):
+
+    - ``calls``: calls made and billed (no application cache hits, no free failed attempts);
+      tokens are input + output of those calls. A group is ours when it has a call or a
+      failed attempt (request rows, and groups of cache hits alone, are not).
+    - ``cost`` includes application cache hits, which metering records at cost 0 (their
+      would-be cost is ``cost_avoided``); a hand-made event claiming a cost for a hit counts.
+    - attributed = cost - unattributed cost: an owner team and attribution "attributed".
+    - ``estimated``: spend whose usage was estimated (``usage_status = 'estimated'``: a stream
+      the caller cancelled), as in chargeback, FOCUS and the HTML report. Usage a stream left
+      ``partial`` is the provider's own (lower-bound) count and counts as reported, as there.
+    - ``unpriced_calls``: calls without a cost, failed attempts without usage excepted
+      (before: only calls with status "ok" and no cost, cache hits excepted).
+    """
+    cost = d.money_column("cost")
+    return (
+        f"SELECT hour / {_DAY}, provider, model, {_SCOPE}, sum(calls), sum({cost}),"
+        f" sum({d.money_column('unattributed_cost')}), sum({d.money_column('estimated_cost')}),"
+        " sum(unpriced_calls), sum(input_tokens) + sum(output_tokens)"
+        " FROM rollup_daily WHERE hour >= ? AND hour < ?"
+        " GROUP BY 1, 2, 3, 4 HAVING sum(calls) + sum(failed_attempts) > 0"
+    )
 
 
 class BillStore(_Reads):
@@ -504,7 +526,8 @@ def open_bill_store(url: str, *, readonly: bool = False) -> BillStore:
                     f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=30
                 )
                 conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-                # The join's GROUP BY sorts a month of calls: keep the sorter off the disk.
+                # A month of Bedrock invocation logs is a row per request: their GROUP BY
+                # (`request_matches`) sorts in memory, not on disk.
                 conn.execute("PRAGMA temp_store = MEMORY")
                 conn.execute("PRAGMA cache_size = -65536")
             except sqlite3.OperationalError:

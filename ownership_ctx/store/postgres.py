@@ -76,7 +76,8 @@ _UPGRADE: Final = [
     POSTGRESQL.unpriced_upsert("FROM provider_calls WHERE TRUE"),
 ]
 #: Rollups from before they measured user actions, failed attempts, avoided and estimated
-#: usage (and counted cache hits as calls): every tier dropped and rebuilt from the raw rows.
+#: usage (and counted cache hits as calls), or before they were keyed by billing scope: every
+#: tier dropped and rebuilt from the raw rows.
 _REBUILD: Final = [
     f"WITH delta AS ({POSTGRESQL.delta_select(t, f'FROM {t}')})"
     f" {POSTGRESQL.rollup_upsert(rollup, 'delta')}"
@@ -85,12 +86,41 @@ _REBUILD: Final = [
 ]
 
 
-def _outdated_rollups(conn: psycopg.Connection[Any]) -> bool:
+#: Raw calls from before ``billing_scope`` had a column (it was only in the body): the column
+#: is added (on the partitioned parent: every day partition gets it) and filled from the body,
+#: which keeps its copy (an event read back is the same).
+_ADD_BILLING_SCOPE: Final = [
+    "ALTER TABLE provider_calls ADD COLUMN billing_scope TEXT",
+    "UPDATE provider_calls SET billing_scope = body->>'billing_scope'"
+    " WHERE body->>'billing_scope' IS NOT NULL",
+]
+
+
+def _has_column(conn: psycopg.Connection[Any], table: str, column: str) -> bool:
     found = conn.execute(
         "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
-        " AND table_name = 'rollup_hourly' AND column_name = 'user_actions'"
+        " AND table_name = %s AND column_name = %s",
+        (table, column),
     ).fetchone()
-    return _exists(conn, "rollup_hourly") and found is None
+    return found is not None
+
+
+def _outdated_rollups(conn: psycopg.Connection[Any]) -> bool:
+    """Rollups of an older layout: without the user action measures (and the others added
+    with them), or not keyed by billing scope."""
+    return _exists(conn, "rollup_hourly") and not all(
+        _has_column(conn, "rollup_hourly", column) for column in ("user_actions", "billing_scope")
+    )
+
+
+def _add_billing_scope(conn: psycopg.Connection[Any]) -> bool:
+    """Add and fill ``provider_calls.billing_scope`` in a store from before it; whether it
+    did (the rollups are then rebuilt)."""
+    if not _exists(conn, "provider_calls") or _has_column(conn, "provider_calls", "billing_scope"):
+        return False
+    for statement in _ADD_BILLING_SCOPE:
+        conn.execute(statement)
+    return True
 
 
 def _exists(conn: psycopg.Connection[Any], table: str) -> bool:
@@ -185,7 +215,9 @@ class PostgresStore(StoreBase):
                 if self.schema:
                     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
                 upgrading = _exists(conn, "provider_calls") and not _exists(conn, "rollup_daily")
-                rebuild = upgrading or _outdated_rollups(conn)
+                # Before the schema statements: the provider_calls_json view reads the column.
+                scoped = _add_billing_scope(conn)
+                rebuild = upgrading or scoped or _outdated_rollups(conn)
                 if rebuild:
                     for rollup in ROLLUPS:
                         conn.execute(f"DROP TABLE IF EXISTS {rollup.name}")

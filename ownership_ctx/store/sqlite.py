@@ -31,8 +31,10 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 #: ``PRAGMA user_version`` of the current layout. 1: raw tables and rollup_hourly;
 #: 2: + rollup_daily, unattributed_hourly and unpriced_hourly (built from the raw rows on
 #: upgrade); 3: rollups measure user actions, failed attempts, avoided and estimated usage,
-#: and calls without cache hits (every tier rebuilt from the raw rows on upgrade).
-SCHEMA_VERSION: Final = 3
+#: and calls without cache hits (every tier rebuilt from the raw rows on upgrade);
+#: 4: ``provider_calls.billing_scope`` (filled from the body on upgrade) and the rollups keyed
+#: by it (every tier rebuilt).
+SCHEMA_VERSION: Final = 4
 
 _INSERTS: Final = {
     table: f"INSERT OR IGNORE INTO {table} ({SQLITE.insert_columns(table)})"
@@ -59,6 +61,15 @@ _ROLLUPS: Final = {
     ]
     for table in ROLLED_UP
 }
+#: Before version 4 the billing scope was only in the body: the column is added (at the end
+#: of the table: inserts name their columns) and filled from it; the body keeps its copy
+#: (an event read back is the same). The ``_json`` view is made again to read the column.
+_ADD_BILLING_SCOPE: Final = [
+    "ALTER TABLE provider_calls ADD COLUMN billing_scope TEXT",
+    "UPDATE provider_calls SET billing_scope = json_extract(body, '$.billing_scope')"
+    " WHERE body LIKE '%billing_scope%' AND json_valid(body)",
+    "DROP VIEW IF EXISTS provider_calls_json",
+]
 #: From version 2: the rollup tiers (dropped first) rebuilt from the raw rows; from version 1,
 #: the unattributed and unpriced tiers built too (every step).
 _REBUILD_3: Final = [
@@ -142,6 +153,15 @@ class SQLiteStore(StoreBase):
                     for rollup in ROLLUPS:
                         conn.execute(f"DROP TABLE IF EXISTS {rollup.name}")
                     conn.execute(f"DROP TABLE IF EXISTS {_DELTA}")  # it copies their columns
+                    columns = {
+                        name
+                        for (name,) in conn.execute(
+                            "SELECT name FROM pragma_table_info('provider_calls')"
+                        )
+                    }
+                    if columns and "billing_scope" not in columns:
+                        for statement in _ADD_BILLING_SCOPE:
+                            conn.execute(statement)
                 for statement in SQLITE.schema():
                     conn.execute(statement)
                 if version > 0:

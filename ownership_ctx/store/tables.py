@@ -132,6 +132,9 @@ PROVIDER_CALLS: Final = Table(
         _c("fallback_of"),
         _c("provider_request_id"),
         _c("recorded_by"),
+        # What the provider's bill groups the call under (the OpenAI project), when the call
+        # showed it: a rollup dimension, so reconciliation reads the rollups.
+        _c("billing_scope"),
         # Computed by the row builder, in this order:
         _computed("hour", "int"),
         _c("app_cache_hit", "app_cache_hit", "bool"),
@@ -191,8 +194,10 @@ TABLE_OF_KIND: Final = {
 # -- rollups -----------------------------------------------------------------------------------
 
 #: What rollups are keyed by (with the bucket). ``model`` is the served model (the requested
-#: one when the response did not say); ``provider``/``model``/``service_tier`` are empty for
-#: request events. Missing values are stored as ``''``.
+#: one when the response did not say); ``billing_scope`` what the provider's bill groups the
+#: call under (the OpenAI project, for every provider that shows one);
+#: ``provider``/``model``/``service_tier``/``billing_scope`` are empty for request events.
+#: Missing values are stored as ``''``.
 DIMENSIONS: Final = (
     "owner_team",
     "workflow_id",
@@ -201,6 +206,7 @@ DIMENSIONS: Final = (
     "provider",
     "model",
     "service_tier",
+    "billing_scope",
 )
 TIME_DIMENSIONS: Final = ("hour", "day")
 
@@ -214,6 +220,7 @@ DIMENSION_SOURCES: Final = {
     "provider": "provider",
     "model": "coalesce(response_model, request_model)",
     "service_tier": "service_tier",
+    "billing_scope": "billing_scope",
 }
 REQUEST_DIMENSIONS: Final = frozenset({"owner_team", "workflow_id", "feature", "tenant"})
 

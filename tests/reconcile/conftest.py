@@ -155,7 +155,8 @@ def scenario_events() -> list[dict[str, Any]]:
             input_tokens=100,
             output_tokens=50,
             request_id="req-2",
-            usage_status="partial",
+            # A stream the caller cancelled: its usage estimated (estimated spend 0.05).
+            usage_status="estimated",
         ),
     ]
 

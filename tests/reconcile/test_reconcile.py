@@ -129,6 +129,38 @@ def test_cache_hits_and_free_failures_are_not_ours_to_reconcile(db: str) -> None
     assert claude.dark == Decimal("0.10625") and claude.drift == Decimal("0.01875")
 
 
+def test_estimated_spend_is_what_the_other_reports_call_estimated(db: str) -> None:
+    # Day 1, Anthropic: 0.07 estimated (a cancelled stream), 0.11 with partial usage (the
+    # provider's own lower-bound counts: reported spend, as in chargeback) and 0.02 reported.
+    # Ours 0.07 + 0.11 + 0.02 = 0.20, of which estimated 0.07; chargeback says the same.
+    events = [
+        call(
+            ts=D1 + 60 * n,
+            provider="anthropic",
+            model=HAIKU,
+            cost=cost,
+            input_tokens=10,
+            output_tokens=5,
+            usage_status=status,
+        )
+        for n, (cost, status) in enumerate(
+            [("0.07", "estimated"), ("0.11", "partial"), ("0.02", "reported")]
+        )
+    ]
+    write_events(db, events)
+    open_bill_store(db).close()  # the bill tables, empty
+    claude = _groups(db)[("2026-11-02", "anthropic", HAIKU, "")]
+    assert (claude.ours_cost, claude.estimated, claude.ours_calls) == (
+        Decimal("0.20"),
+        Decimal("0.07"),
+        3,
+    )
+    assert claude.ours_tokens == 45
+    code, out = run("--db", db, "chargeback", *SPAN, "--format", "json")
+    assert code == 0
+    assert Decimal(str(json.loads(out)["total"]["estimated_spend"])) == Decimal("0.07")
+
+
 def test_report_json_totals_and_bedrock_requests(loaded: str) -> None:
     code, out = run("--db", loaded, "reconcile", *SPAN, "--format", "json")
     assert code == 0

@@ -74,7 +74,7 @@ def test_schema_dropped_under_a_running_store_is_recreated(pg_url: str, pg_serve
 
 
 def test_full_event_as_json_in_sql(pg_url: str, pg_server: str) -> None:
-    event = provider_call(streaming=True, **{"extra.region": "eu"})
+    event = provider_call(streaming=True, billing_scope="proj_a", **{"extra.region": "eu"})
     store = open_backend(pg_url)
     store.write_batch([event])
     assert store.events_by_trace(TRACE) == [event]

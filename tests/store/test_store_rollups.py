@@ -65,6 +65,7 @@ def an_event(draw: st.DrawFn, n: int) -> dict[str, Any]:
                 "app_cache_hit": draw(st.booleans()),
                 "usage_status": draw(maybe("reported", "estimated")),
                 "fallback_of": draw(maybe("gpt-4o")),
+                "billing_scope": draw(maybe("proj_a", "proj_b")),
             }
         )
     return event
@@ -113,6 +114,7 @@ def expected_rollups(
             e.get("gen_ai.provider.name") if pc else None,
             (e.get("gen_ai.response.model") or e.get("gen_ai.request.model")) if pc else None,
             e.get("service_tier") if pc else None,
+            e.get("billing_scope") if pc else None,
         ]
         key = (int(e["ts"] // 3600) * 3600, *dims)
         row = out[key]

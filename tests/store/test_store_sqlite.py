@@ -34,12 +34,13 @@ def test_wal_mode_and_schema(store: SQLiteStore) -> None:
 
 
 def test_typed_columns_and_full_body(store: SQLiteStore) -> None:
-    event = provider_call(**{"extra.region": "eu"})
+    event = provider_call(billing_scope="proj_a", **{"extra.region": "eu"})
     store.write_batch([event])
     conn = sqlite3.connect(store.path)
     conn.row_factory = sqlite3.Row
     row = conn.execute("SELECT * FROM provider_calls").fetchone()
     assert row["owner_team"] == "search"
+    assert row["billing_scope"] == "proj_a" and "billing_scope" not in json.loads(row["body"])
     assert row["user_id"] == "u_9a8b"
     assert row["response_model"] == "gpt-4o-2024-08-06"
     assert row["input_tokens"] == 1200
@@ -152,7 +153,9 @@ def test_two_stores_one_file(tmp_path: Path) -> None:
 
 def test_full_event_as_json_in_sql(store: SQLiteStore) -> None:
     """The body keeps only what has no column; the *_json views give SQL the whole event."""
-    event = provider_call(streaming=True, cost="1E-7", **{"extra.region": "eu"})
+    event = provider_call(
+        streaming=True, cost="1E-7", billing_scope="proj_a", **{"extra.region": "eu"}
+    )
     store.write_batch([event, request_event()])
     conn = sqlite3.connect(store.path)
     (text,) = conn.execute("SELECT event FROM provider_calls_json").fetchone()
