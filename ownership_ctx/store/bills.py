@@ -23,6 +23,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import datetime as dt
+import os
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ from ownership_ctx.schema import money
 
 from .api import StoreError
 from .dialect import POSTGRESQL, SQLITE, Dialect
+from .sqlite import connect_for_reading
 
 __all__ = [
     "BillGroup",
@@ -522,9 +524,9 @@ def open_bill_store(url: str, *, readonly: bool = False) -> BillStore:
         path = _sqlite_path(url)
         if readonly:
             try:
-                conn = sqlite3.connect(
-                    f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=30
-                )
+                if not os.path.isfile(path):
+                    raise StoreMissing(f"no event store at {path}")
+                conn = connect_for_reading(path, 30)
                 conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
                 # A month of Bedrock invocation logs is a row per request: their GROUP BY
                 # (`request_matches`) sorts in memory, not on disk.

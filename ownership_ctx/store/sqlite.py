@@ -26,7 +26,7 @@ from .dialect import SQLITE
 from .rows import Rows, split_rows
 from .tables import ROLLED_UP, ROLLUPS, TABLES
 
-__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+__all__ = ["SCHEMA_VERSION", "SQLiteStore", "connect_for_reading"]
 
 #: ``PRAGMA user_version`` of the current layout. 1: raw tables and rollup_hourly;
 #: 2: + rollup_daily, unattributed_hourly and unpriced_hourly (built from the raw rows on
@@ -89,6 +89,32 @@ _DATA_ERRORS: Final = (
 )
 
 
+def connect_for_reading(path: str, timeout: float) -> sqlite3.Connection:
+    """A connection that reads the SQLite file at ``path`` and can write nothing.
+
+    Reading a WAL database needs its ``-wal`` and ``-shm`` files, which SQLite creates if no
+    writer has them open; a ``mode=ro`` connection cannot remove them afterwards, so every
+    report would leave two files behind. When the file and its directory are writable, the
+    connection is read-write with ``query_only`` on instead: as the last one to close, SQLite
+    removes what it created, and ``query_only`` refuses any write. Otherwise ``mode=ro``.
+    """
+    absolute = os.path.abspath(path)
+    writable = os.access(absolute, os.W_OK) and os.access(os.path.dirname(absolute), os.W_OK)
+    conn = sqlite3.connect(
+        f"file:{quote(absolute)}?mode={'rw' if writable else 'ro'}",
+        uri=True,
+        timeout=timeout,
+        isolation_level=None,
+        check_same_thread=False,
+    )
+    try:
+        conn.execute("PRAGMA query_only = ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 class SQLiteStore(StoreBase):
     """Backend (``write_batch``) and reader (`EventQueries`) for one SQLite file."""
 
@@ -105,8 +131,8 @@ class SQLiteStore(StoreBase):
         create: bool = True,
     ) -> None:
         self.path = os.fspath(path)
-        # A read-only store (reports) opens the file with mode=ro: it never creates the file,
-        # its tables, or a WAL; writing through it raises.
+        # A read-only store (reports) never creates the file or its tables, leaves no file
+        # behind (`connect_for_reading`), and writing through it raises.
         self.readonly = readonly
         # create=False (retention): write to the store that is there, never create one.
         self.create = create
@@ -188,11 +214,16 @@ class SQLiteStore(StoreBase):
         """The store that is there (read-only, or read-write without creating anything)."""
         if not os.path.isfile(self.path):
             raise FileNotFoundError(f"no event store at {self.path!r}")
-        mode = "ro" if self.readonly else "rw"
-        uri = f"file:{quote(os.path.abspath(self.path))}?mode={mode}"
-        conn = sqlite3.connect(
-            uri, uri=True, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-        )
+        if self.readonly:
+            conn = connect_for_reading(self.path, self.busy_timeout)
+        else:
+            conn = sqlite3.connect(
+                f"file:{quote(os.path.abspath(self.path))}?mode=rw",
+                uri=True,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
         try:
             names = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
             (version,) = conn.execute("PRAGMA user_version").fetchone()
