@@ -7,7 +7,10 @@ workflow, 3 models per team, four weeks of traffic; each request is an edge hop,
 event, half of them a Celery hop, 1-3 provider calls (10% with a retried attempt); 2% of the
 traces lose their envelope at a Celery task (quarantined, no owner). Scales are cumulative
 (the store grows from one scale to the next) and always cover the same four weeks, so the
-number of rollup groups saturates while the events keep growing.
+number of rollup groups saturates while the events keep growing. Ids are what hosts get:
+random trace ids, time-ordered event ids (`ownership_ctx.ids.new_event_id`). Each scale's
+events arrive in time order, sweeping the four weeks as a store fills in production;
+``--backfill`` writes them in random time order instead (every index insert on a random page).
 
 Cases (best of 3, warm):
 
@@ -20,7 +23,7 @@ Cases (best of 3, warm):
   raw coverage;
 - ``anomaly``: one team, week 2 vs week 3 (rollups) vs GROUP BY provider/model/tier.
 
-    python benchmarks/report_scale.py [--quick | --full] [--json PATH] [--db URL]
+    python benchmarks/report_scale.py [--quick | --full] [--backfill] [--json PATH] [--db URL]
 
 Scales: 100k and 1M events (``--quick``: 20k and 100k; ``--full``: also 10M). ``--db`` takes a
 PostgreSQL URL to run there instead of a temporary SQLite file (the schema is dropped after;
@@ -90,23 +93,24 @@ def _units() -> list[dict[str, Any]]:
 
 
 class Generator:
-    """Synthetic events, in time-agnostic order (timestamps are uniform over the range)."""
+    """Synthetic events, seeded: `batches` sweeps the four weeks in time order (or, with
+    ``backfill``, draws each request's time uniformly over them)."""
 
-    def __init__(self, seed: int = 7) -> None:
+    def __init__(self, seed: int = 7, backfill: bool = False) -> None:
         self.rng = random.Random(seed)
         self.units = _units()
-        self.seq = 0
+        self.backfill = backfill
+        self.position = 0.0  # of the sweep, 0..1
 
-    def _id(self) -> str:
-        self.seq += 1
-        return f"e{self.seq:x}"
+    def _id(self, ts: float) -> str:
+        # As `new_event_id` mints them at ``ts``: the time in ms, then 80 random bits.
+        return f"{int(ts * 1000):012x}{self.rng.getrandbits(80):020x}"
 
     def request(self) -> list[dict[str, Any]]:
         rng = self.rng
         u = rng.choice(self.units)
-        self.seq += 1
-        trace = f"{self.seq:032x}"
-        ts = START + rng.random() * (DAYS * 86400 - 60)
+        trace = f"{rng.getrandbits(128):032x}"
+        ts = START + (rng.random() if self.backfill else self.position) * (DAYS * 86400 - 60)
         owner = {
             "trace_id": trace,
             "owner_team": u["team"],
@@ -118,7 +122,7 @@ class Generator:
         out: list[dict[str, Any]] = [
             {
                 "kind": "hop",
-                "event_id": self._id(),
+                "event_id": self._id(ts),
                 "ts": ts,
                 "hop": "http",
                 "unit": u["route"],
@@ -128,7 +132,7 @@ class Generator:
             },
             {
                 "kind": "request",
-                "event_id": self._id(),
+                "event_id": self._id(ts),
                 "ts": ts,
                 "route": u["route"],
                 "method": "POST",
@@ -142,7 +146,7 @@ class Generator:
         call_owner = owner
         if rng.random() < 0.5:
             if rng.random() < 0.04:  # ~2% of all traces: the task lost its envelope
-                lost = f"{self.seq:031x}f"
+                lost = f"{rng.getrandbits(128):032x}"
                 call_owner = {"trace_id": lost, "attribution": "quarantined"}
                 missing = ["owner_team", "workflow_id", "feature"]
             else:
@@ -150,7 +154,7 @@ class Generator:
             out.append(
                 {
                     "kind": "hop",
-                    "event_id": self._id(),
+                    "event_id": self._id(ts + 0.05),
                     "ts": ts + 0.05,
                     "hop": "celery",
                     "unit": u["task"],
@@ -163,10 +167,11 @@ class Generator:
             provider, model, tier, p_in, p_out = rng.choice(u["models"])
             tokens_in, tokens_out = rng.randint(200, 4000), rng.randint(50, 800)
             cost = (tokens_in * p_in + tokens_out * p_out) / 1_000_000
+            at = ts + 0.1 + n
             call = {
                 "kind": "provider_call",
-                "ts": ts + 0.1 + n,
-                "call_id": f"c{self.seq}-{n}",
+                "ts": at,
+                "call_id": f"{trace[:16]}-{n}",
                 "status": "ok",
                 "gen_ai.provider.name": provider,
                 "gen_ai.request.model": model,
@@ -182,7 +187,7 @@ class Generator:
                 out.append(
                     {
                         **call,
-                        "event_id": self._id(),
+                        "event_id": self._id(at),
                         "attempt": 1,
                         "status": "error",
                         "gen_ai.usage.input_tokens": None,
@@ -191,15 +196,16 @@ class Generator:
                         "cost_source": "unpriced",
                     }
                 )
-                out.append({**call, "event_id": self._id(), "attempt": 2})
+                out.append({**call, "event_id": self._id(at), "attempt": 2})
             else:
-                out.append({**call, "event_id": self._id(), "attempt": 1})
+                out.append({**call, "event_id": self._id(at), "attempt": 1})
         return out
 
     def batches(self, n_events: int) -> Iterator[list[dict[str, Any]]]:
         batch: list[dict[str, Any]] = []
         made = 0
         while made < n_events:
+            self.position = made / n_events
             events = self.request()
             batch.extend(events)
             made += len(events)
@@ -387,6 +393,9 @@ def main() -> None:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="20k and 100k events (seconds)")
     size.add_argument("--full", action="store_true", help="also 10M events (minutes, GBs)")
+    parser.add_argument(
+        "--backfill", action="store_true", help="write in random time order (not as it happens)"
+    )
     parser.add_argument("--json", type=Path, help="write results here")
     parser.add_argument("--db", help="a postgresql:// URL (default: a temporary SQLite file)")
     args = parser.parse_args()
@@ -406,7 +415,7 @@ def main() -> None:
     )
     results: list[dict[str, Any]] = []
     write_rates = []
-    gen, have = Generator(), 0
+    gen, have = Generator(backfill=args.backfill), 0
     try:
         for target, label in scales:
             print(f"== {label} events", file=sys.stderr)

@@ -36,6 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ownership_ctx import events
+from ownership_ctx.ids import new_event_id
 from ownership_ctx.sinks.pipeline import Pipeline
 from ownership_ctx.store import SQLiteStore, split_rows
 from ownership_ctx.store.tables import TABLES
@@ -103,11 +104,12 @@ def record(case: str, metric: str, value: float, unit: str) -> float:
 
 
 def make_events(n: int, start: int = 0) -> Iterator[dict[str, Any]]:
-    """Provider calls as the host builds them: a fresh dict each, distinct ids and groups."""
+    """Provider calls as the host builds them: a fresh dict each, distinct groups, and the
+    ids the recorder stamps (`new_event_id`: time-ordered)."""
     now = time.time()
     for i in range(start, start + n):
         event = dict(TEMPLATE)
-        event["event_id"] = uuid.uuid4().hex
+        event["event_id"] = new_event_id()
         event["ts"] = now + i * 0.001
         event["owner_team"] = TEAMS[i % 4]
         event["feature"] = FEATURES[i % 5]

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from .ids import new_id
+from .ids import new_event_id
 
 __all__ = ["Sink", "count", "emit", "flush", "get_sink", "set_sink", "stats"]
 
@@ -69,7 +69,7 @@ def emit(event: dict[str, Any]) -> None:
     if sink is None:
         return
     if "event_id" not in event:
-        event["event_id"] = new_id()
+        event["event_id"] = new_event_id()
     event.setdefault("ts", time.time())
     try:
         sink.emit(event)

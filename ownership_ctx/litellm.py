@@ -44,7 +44,7 @@ from .context import current
 from .envelope import Envelope
 from .metering.handoff import Handoff, close, open_handoff
 from .metering.normalize import Parsed
-from .metering.recorder import build_event, failed, new_id
+from .metering.recorder import build_event, failed, new_call_id
 from .metering.usage import usage_from_mapping
 
 __all__ = ["OwnershipLogger", "install", "installed", "proxy_headers", "uninstall"]
@@ -70,7 +70,7 @@ class _Call:
     __slots__ = ("attempts", "call_id", "envelope", "models", "pending")
 
     def __init__(self, envelope: Envelope | None) -> None:
-        self.call_id = new_id()
+        self.call_id = new_call_id()
         self.envelope = envelope
         self.attempts = 0
         self.models: list[str] = []

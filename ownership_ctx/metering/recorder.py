@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from .. import events
 from ..context import current
 from ..envelope import Envelope
+from ..ids import new_event_id
 from ..schema import money
 from .billing import NONE as NO_BILLING
 from .billing import Billing
@@ -54,8 +55,8 @@ _fallback: ContextVar[tuple[str, str | None] | None] = ContextVar(
 _warned = False
 
 
-def new_id() -> str:
-    """A random (version 4) UUID string, ~3x cheaper than ``new_id()``."""
+def new_call_id() -> str:
+    """A random (version 4) UUID string, ~3x cheaper than ``str(uuid.uuid4())``."""
     h = os.urandom(16).hex()
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
@@ -108,7 +109,7 @@ class CallScope:
 def open_scope(request_model: str | None = None) -> CallScope:
     mark = _fallback.get()
     return CallScope(
-        call_id=new_id(),
+        call_id=new_call_id(),
         envelope=current(),
         request_model=request_model,
         fallback_of=mark[0] if mark else None,
@@ -300,7 +301,7 @@ def build_event(
     return {
         **owner,
         "kind": "provider_call",
-        "event_id": new_id(),
+        "event_id": new_event_id(),
         "ts": ts,
         "call_id": call_id,
         "attempt": attempt,
@@ -391,7 +392,7 @@ def _manual(
     envelope = current()
     event = build_event(
         envelope=envelope,
-        call_id=call_id or (scope.call_id if scope is not None else new_id()),
+        call_id=call_id or (scope.call_id if scope is not None else new_call_id()),
         attempt=attempt,
         provider=provider,
         api=api,

@@ -38,7 +38,10 @@ UsageStatus = Literal["reported", "partial", "estimated", "missing", "invalid"]
 #: table is generated from the same words; a test checks that events carry exactly these keys.
 FIELDS: Final[dict[str, str]] = {
     "kind": 'always "provider_call"',
-    "event_id": "unique id of this event (32 random hex digits)",
+    "event_id": (
+        "unique id of this event: 32 hex digits, the emit time in milliseconds (12)"
+        " then 80 random bits (20)"
+    ),
     "ts": "when the attempt started (epoch seconds); prices are looked up for this time",
     "call_id": "the logical call: every attempt of one SDK call (its retries) shares it",
     "attempt": "1 for the first HTTP attempt of the call, 2 for the first retry, ...",

@@ -13,7 +13,7 @@ from collections import deque
 from typing import Any, Final, Protocol
 
 from ownership_ctx import events
-from ownership_ctx.ids import new_id
+from ownership_ctx.ids import new_event_id
 
 from .degraded import logger, warn_once
 from .encoding import Event, encode_event
@@ -48,7 +48,7 @@ def stamp(event: dict[str, Any]) -> None:
     """Give ``event`` an ``event_id`` and a ``ts`` when it has none."""
     # Without an id a replay could not be recognised as one; without a time, no hour bucket.
     if event.get("event_id") is None:
-        event["event_id"] = new_id()
+        event["event_id"] = new_event_id()
     event.setdefault("ts", time.time())
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -121,6 +122,12 @@ def test_retries_yield_one_event_per_attempt(
     attempts = calls(sink)
     assert [e["attempt"] for e in attempts] == [1, 2, 3, 4]
     assert len({e["call_id"] for e in attempts}) == 1
+    # One event id per attempt, 32 hex led by the attempt's time in ms: later attempts sort
+    # after earlier ones.
+    ids = [e["event_id"] for e in attempts]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids) and len(set(ids)) == 4
+    assert [int(i[:12], 16) for i in ids] == sorted(int(i[:12], 16) for i in ids)
+    assert all(abs(int(e["event_id"][:12], 16) / 1000 - e["ts"]) < 1 for e in attempts)
     assert [e["status"] for e in attempts] == ["error", "error", "error", "ok"]
     assert [e["http_status"] for e in attempts] == [429, 500, None, 200]
     assert attempts[2]["error.type"] == "RemoteProtocolError"

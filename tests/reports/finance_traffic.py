@@ -34,7 +34,7 @@ from typing import Any
 from ownership_ctx import Gate, Policy, events, metering
 from ownership_ctx.hashing import Keys
 from ownership_ctx.metering.normalize import Parsed
-from ownership_ctx.metering.recorder import build_event, new_id
+from ownership_ctx.metering.recorder import build_event, new_call_id
 from ownership_ctx.metering.usage import Usage
 from ownership_ctx.policy import EdgeHeaders
 from ownership_ctx.sinks.config import open_sink
@@ -160,7 +160,7 @@ class _World:
 
         event = build_event(
             envelope=current(),
-            call_id=new_id(),
+            call_id=new_call_id(),
             attempt=1,
             provider="anthropic",
             api="messages",
