@@ -356,9 +356,10 @@ class _SQLite(Dialect):
 
     def rows_of_trace(self, table: str, alias: str, window: int) -> str:
         # SQLite loops over t and looks each trace up; "+ts" keeps it off the ts index.
+        ts = self.unindexed(f"{alias}.ts")
         return (
             f"JOIN {table} {alias} ON {alias}.trace_id = t.trace_id"
-            f" AND +{alias}.ts >= t.first_ts - {window} AND +{alias}.ts < t.first_ts + {window}"
+            f" AND {ts} >= t.first_ts - {window} AND {ts} < t.first_ts + {window}"
         )
 
     def json_list(self, *values: str) -> str:

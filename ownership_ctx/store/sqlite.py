@@ -89,6 +89,19 @@ _DATA_ERRORS: Final = (
 )
 
 
+def _connect_existing_file(
+    path: str, mode: Literal["rw", "ro"], timeout: float
+) -> sqlite3.Connection:
+    """A connection to the file that is there (a URI ``mode`` never creates one)."""
+    return sqlite3.connect(
+        f"file:{quote(os.path.abspath(path))}?mode={mode}",
+        uri=True,
+        timeout=timeout,
+        isolation_level=None,
+        check_same_thread=False,
+    )
+
+
 def connect_for_reading(path: str, timeout: float) -> sqlite3.Connection:
     """A connection that reads the SQLite file at ``path`` and can write nothing.
 
@@ -100,13 +113,7 @@ def connect_for_reading(path: str, timeout: float) -> sqlite3.Connection:
     """
     absolute = os.path.abspath(path)
     writable = os.access(absolute, os.W_OK) and os.access(os.path.dirname(absolute), os.W_OK)
-    conn = sqlite3.connect(
-        f"file:{quote(absolute)}?mode={'rw' if writable else 'ro'}",
-        uri=True,
-        timeout=timeout,
-        isolation_level=None,
-        check_same_thread=False,
-    )
+    conn = _connect_existing_file(absolute, "rw" if writable else "ro", timeout)
     try:
         conn.execute("PRAGMA query_only = ON")
     except BaseException:
@@ -217,13 +224,7 @@ class SQLiteStore(StoreBase):
         if self.readonly:
             conn = connect_for_reading(self.path, self.busy_timeout)
         else:
-            conn = sqlite3.connect(
-                f"file:{quote(os.path.abspath(self.path))}?mode=rw",
-                uri=True,
-                timeout=self.busy_timeout,
-                isolation_level=None,
-                check_same_thread=False,
-            )
+            conn = _connect_existing_file(self.path, "rw", self.busy_timeout)
         try:
             names = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
             (version,) = conn.execute("PRAGMA user_version").fetchone()
