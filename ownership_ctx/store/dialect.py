@@ -27,7 +27,7 @@ from .tables import (
     Rollup,
 )
 
-__all__ = ["FIRSTS", "POSTGRESQL", "SQLITE", "Dialect"]
+__all__ = ["FIRSTS", "LOST_TRACES_STORED", "POSTGRESQL", "SQLITE", "Dialect"]
 
 #: How far around a request its trace's first request is looked for (seconds): on PostgreSQL
 #: the probe then reads the day partitions around the row, not all of them.
@@ -48,6 +48,14 @@ FIRSTS: Final = (
 )
 
 _UNATTRIBUTED_KEYS: Final = ("hour", "trace_id", "attribution", "present")
+_STEP_COLUMNS: Final = "trace_id, event_id, ts, kind, hop, unit, outcome, missing, present"
+#: Every trace of ``unattributed_hourly`` (an upgrade fills ``loss_steps`` from it), with the
+#: time around its calls (its hours' first calls, and the hour after the last) to look in.
+LOST_TRACES_STORED: Final = (
+    f"SELECT trace_id, min(first_ts) - {_TRACE_WINDOW} AS lo,"
+    f" max(first_ts) + {3600 + _TRACE_WINDOW} AS hi FROM unattributed_hourly"
+    " WHERE trace_id <> '' GROUP BY trace_id"
+)
 _UNATTRIBUTED_MEASURES: Final = ("calls", "cost", "first_ts", "provider", "model")
 
 
@@ -245,16 +253,86 @@ class Dialect(abc.ABC):
             f" DO UPDATE SET calls = unpriced_hourly.calls + {self.excluded}.calls"
         )
 
+    # -- the hop breakdown: the steps of the traces that lost their fields -----------------
+
+    def loss_steps_ddl(self) -> list[str]:
+        """``loss_steps``: the hops and request events of every trace with a call in
+        ``unattributed_hourly``, copied there as they are written (what the hop breakdown
+        reads, by trace, without searching the raw tables); and the index that tells the
+        write path which traces those are."""
+        return [
+            "CREATE TABLE IF NOT EXISTS loss_steps (trace_id TEXT NOT NULL,"
+            f" event_id TEXT NOT NULL, ts {self.types['real']}, kind TEXT NOT NULL,"
+            " hop TEXT NOT NULL, unit TEXT NOT NULL, outcome TEXT, missing TEXT NOT NULL,"
+            f" present {self.integer} NOT NULL,"
+            f" PRIMARY KEY (trace_id, event_id)){self.keyed_table_suffix}",
+            "CREATE INDEX IF NOT EXISTS unattributed_hourly_trace"
+            " ON unattributed_hourly (trace_id, first_ts)",
+        ]
+
+    def _step_values(self, table: str, prefix: str) -> str:
+        """A hops or requests row (columns prefixed ``prefix``) as a ``loss_steps`` row."""
+        if table == "hops":
+            kind, hop, unit = "'hop'", f"coalesce({prefix}hop, '')", f"coalesce({prefix}unit, '')"
+        else:
+            kind, hop, unit = "'request'", "'http'", f"coalesce({prefix}route, '')"
+        return (
+            f"{prefix}trace_id, coalesce({prefix}event_id, ''), {prefix}ts, {kind}, {hop},"
+            f" {unit}, {prefix}outcome, coalesce({prefix}missing, ''), {self.presence(prefix)}"
+        )
+
+    def _is_loss_step(self, row: str) -> str:
+        """Whether the hops or requests row ``row`` is kept in ``loss_steps``: its trace has
+        unattributed calls in an hour whose first one is at most a day after it, or it is at
+        most a day after that hour. One rule, whichever was written first, and on upgrade."""
+        return (
+            f"EXISTS (SELECT 1 FROM unattributed_hourly u WHERE u.trace_id = {row}.trace_id"
+            f" AND u.first_ts <= {row}.ts + {_TRACE_WINDOW}"
+            f" AND u.first_ts > {row}.ts - {3600 + _TRACE_WINDOW}{self.per_row})"
+        )
+
+    def loss_steps_of_rows(self, table: str, source: str) -> str:
+        """Copy the hops or requests rows of ``source`` (``FROM <name> ... WHERE ...``: the
+        rows a transaction wrote) that are loss steps into ``loss_steps``."""
+        return (
+            f"INSERT INTO loss_steps ({_STEP_COLUMNS}) SELECT {self._step_values(table, '')}"
+            f" {source} AND {self._is_loss_step(source.split()[1])}"
+            " ON CONFLICT (trace_id, event_id) DO NOTHING"
+        )
+
+    def loss_steps_of_traces(self, traces: str) -> list[str]:
+        """Copy the stored hops and requests rows of ``traces`` (a query of ``trace_id, lo,
+        hi``: each trace's rows with ``lo <= ts < hi`` are looked at) that are loss steps
+        into ``loss_steps``."""
+        return [
+            f"INSERT INTO loss_steps ({_STEP_COLUMNS})"
+            f" SELECT {self._step_values(table, alias + '.')} FROM ({traces}) AS t"
+            f" {self.rows_of_trace(table, alias)} WHERE {self._is_loss_step(alias)}"
+            " ON CONFLICT (trace_id, event_id) DO NOTHING"
+            for table, alias in (("hops", "h"), ("requests", "r"))
+        ]
+
+    def lost_traces_of_calls(self, source: str) -> str:
+        """The traces of the unattributed calls of ``source`` (``FROM ... WHERE ...``), each
+        with the time where its loss steps may be: a day before its calls to a day after the
+        hour of the last."""
+        # Grouped off the trace index: SQLite would walk all of it rather than sort the few.
+        return (
+            f"SELECT trace_id, min(ts) - {_TRACE_WINDOW} AS lo,"
+            f" max(ts) + {3600 + _TRACE_WINDOW} AS hi {source} AND trace_id <> ''"
+            f" AND {UNATTRIBUTED} GROUP BY {self.unindexed('trace_id')}"
+        )
+
     def loss_shapes(self) -> str:
         """Traces with unattributed calls in an hour range (parameters: first hour, end hour,
         then the required fields' presence mask twice), grouped by their *shape*: the steps
-        (calls from ``unattributed_hourly``; hops and request events within a day of the
-        trace's first such call) in time order, times left out. Per shape: the steps (each
-        ``[rank, kind, hop, unit, outcome, missing, presence]``, joined by commas in no
-        particular order: sort by rank), traces, calls, cost. A call's step holds its provider
-        and model where a hop's holds hop and unit. Coverage works out where each shape lost
-        its fields once, instead of once per trace. (No ``'?'`` literals: PostgreSQL's driver
-        would read them as placeholders.)"""
+        (calls from ``unattributed_hourly``; hops and request events from ``loss_steps``,
+        within a day of the trace's first such call) in time order, times left out. Per
+        shape: the steps (each ``[rank, kind, hop, unit, outcome, missing, presence]``, joined
+        by commas in no particular order: sort by rank), traces, calls, cost. A call's step
+        holds its provider and model where a hop's holds hop and unit. Coverage works out
+        where each shape lost its fields once, instead of once per trace. (No ``'?'``
+        literals: PostgreSQL's driver would read them as placeholders.)"""
         window = _TRACE_WINDOW
         step = self.json_list(
             "row_number() OVER (PARTITION BY trace_id ORDER BY ts, o)",
@@ -275,12 +353,10 @@ class Dialect(abc.ABC):
             " s AS (SELECT trace_id, first_ts AS ts, 2 AS o, 'call' AS kind,"
             " coalesce(provider, '') AS hop, coalesce(model, '') AS unit,"
             " attribution AS outcome, '' AS missing, present, calls, cost FROM u"
-            " UNION ALL SELECT h.trace_id, h.ts, 0, 'hop', coalesce(h.hop, ''),"
-            f" coalesce(h.unit, ''), h.outcome, coalesce(h.missing, ''), {self.presence('h.')},"
-            f" 0, 0 FROM t {self.rows_of_trace('hops', 'h', window)}"
-            " UNION ALL SELECT r.trace_id, r.ts, 1, 'request', 'http', coalesce(r.route, ''),"
-            f" r.outcome, coalesce(r.missing, ''), {self.presence('r.')}, 0, 0"
-            f" FROM t {self.rows_of_trace('requests', 'r', window)}),"
+            " UNION ALL SELECT l.trace_id, l.ts, CASE WHEN l.kind = 'hop' THEN 0 ELSE 1 END,"
+            " l.kind, l.hop, l.unit, l.outcome, l.missing, l.present, 0, 0"
+            " FROM t JOIN loss_steps l ON l.trace_id = t.trace_id"
+            f" AND l.ts >= t.first_ts - {window} AND l.ts < t.first_ts + {window}),"
             f" ranked AS (SELECT trace_id, {step} AS step, calls, cost FROM s),"
             f" shapes AS (SELECT {self.text_agg('step')} AS shape, sum(calls) AS calls,"
             " sum(cost) AS cost FROM ranked GROUP BY trace_id)"
@@ -306,10 +382,16 @@ class Dialect(abc.ABC):
         """A top-level key of a JSON column as text."""
 
     @abc.abstractmethod
-    def rows_of_trace(self, table: str, alias: str, window: int) -> str:
-        """A join of ``t`` (``trace_id``, ``first_ts``) to the rows of ``table`` (as
-        ``alias``) of each trace within ``window`` seconds of its time, found by the trace
-        index, one trace at a time."""
+    def rows_of_trace(self, table: str, alias: str) -> str:
+        """A join of ``t`` (``trace_id``, ``lo``, ``hi``) to the rows of ``table`` (as
+        ``alias``) of each trace with ``lo <= ts < hi``, found by the trace index, one trace
+        at a time."""
+
+    @property
+    @abc.abstractmethod
+    def per_row(self) -> str:
+        """What keeps a correlated subquery one (an index probe per row), rather than a join
+        that reads the whole table."""
 
     @abc.abstractmethod
     def json_list(self, *values: str) -> str:
@@ -327,6 +409,7 @@ class Dialect(abc.ABC):
         statements += [self.rollup_ddl(r) for r in ROLLUPS]
         statements.append(self.unattributed_ddl())
         statements.append(self.unpriced_ddl())
+        statements += self.loss_steps_ddl()
         return statements
 
 
@@ -354,13 +437,17 @@ class _SQLite(Dialect):
     def json_text(self, column: str, key: str) -> str:
         return f"json_extract({column}, '$.{key}')"
 
-    def rows_of_trace(self, table: str, alias: str, window: int) -> str:
+    def rows_of_trace(self, table: str, alias: str) -> str:
         # SQLite loops over t and looks each trace up; "+ts" keeps it off the ts index.
         ts = self.unindexed(f"{alias}.ts")
         return (
             f"JOIN {table} {alias} ON {alias}.trace_id = t.trace_id"
-            f" AND {ts} >= t.first_ts - {window} AND {ts} < t.first_ts + {window}"
+            f" AND {ts} >= t.lo AND {ts} < t.hi"
         )
+
+    @property
+    def per_row(self) -> str:
+        return ""  # SQLite runs a correlated EXISTS as it is written
 
     def json_list(self, *values: str) -> str:
         return f"json_array({', '.join(values)})"
@@ -396,15 +483,20 @@ class _Postgres(Dialect):
     def json_text(self, column: str, key: str) -> str:
         return f"{column}->>'{key}'"
 
-    def rows_of_trace(self, table: str, alias: str, window: int) -> str:
+    def rows_of_trace(self, table: str, alias: str) -> str:
         # A lateral lookup per trace (OFFSET 0 keeps the planner from turning it into a hash
         # join over every partition: measured 3.5 s at 10M events): the trace index of only
         # the day partitions within the window (pruned at run time, per trace).
         return (
             f"CROSS JOIN LATERAL (SELECT * FROM {table} x WHERE x.trace_id = t.trace_id"
-            f" AND x.ts >= t.first_ts - {window} AND x.ts < t.first_ts + {window}"
-            f" OFFSET 0) AS {alias}"
+            f" AND x.ts >= t.lo AND x.ts < t.hi OFFSET 0) AS {alias}"
         )
+
+    @property
+    def per_row(self) -> str:
+        # An EXISTS with an OFFSET is not turned into a semi-join (a hash of the whole table
+        # for a few rows): it stays an index probe per row.
+        return " OFFSET 0"
 
     def json_list(self, *values: str) -> str:
         return f"json_build_array({', '.join(values)})::text"

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .api import Pruned
 from .base import StoreBase
-from .dialect import FIRSTS, POSTGRESQL
+from .dialect import FIRSTS, LOST_TRACES_STORED, POSTGRESQL
 from .rows import Rows, split_rows
 from .tables import ROLLED_UP, ROLLUPS, TABLES
 
@@ -34,11 +34,15 @@ __all__ = ["PostgresStore"]
 
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _SCHEMA_LOCK: Final = 0x6F776E6572736870  # advisory lock id: b"ownershp"
+#: Held from the copy into ``loss_steps`` to the commit: a hop and the unattributed call of
+#: its trace written at once by two hosts would each miss the other's uncommitted row.
+_LOSS_LOCK: Final = 0x6F632D6C6F737373  # b"oc-losss"
 _REQUIRED_TABLES: Final = (
     *TABLES,
     *(r.name for r in ROLLUPS),
     "unattributed_hourly",
     "unpriced_hourly",
+    "loss_steps",
 )
 
 
@@ -71,6 +75,17 @@ def _move_sql(table: str, key: str) -> str:
     return f"WITH {', '.join(steps)} SELECT 1"
 
 
+#: Per table: what copies the steps of the traces with unattributed calls into ``loss_steps``
+#: from the staged rows (a replayed duplicate is copied again: the key ignores it).
+_LOSS_STEPS: Final = {
+    "hops": [POSTGRESQL.loss_steps_of_rows("hops", f"FROM {_stage('hops')} WHERE TRUE")],
+    "requests": [
+        POSTGRESQL.loss_steps_of_rows("requests", f"FROM {_stage('requests')} WHERE TRUE")
+    ],
+    "provider_calls": POSTGRESQL.loss_steps_of_traces(
+        POSTGRESQL.lost_traces_of_calls(f"FROM {_stage('provider_calls')} WHERE TRUE")
+    ),
+}
 _UPGRADE: Final = [
     POSTGRESQL.unattributed_upsert("FROM provider_calls WHERE TRUE"),
     POSTGRESQL.unpriced_upsert("FROM provider_calls WHERE TRUE"),
@@ -202,6 +217,11 @@ class PostgresStore(StoreBase):
             if missing:
                 conn.close()
                 where = f"schema {self.schema!r}" if self.schema else "the search path"
+                if missing == ["loss_steps"]:
+                    raise psycopg.errors.UndefinedTable(
+                        f"the store in {where} was written by an older ownership_ctx: open it"
+                        " once for writing (any application with sinks.install) to upgrade it"
+                    )
                 raise psycopg.errors.UndefinedTable(
                     f"no ownership_ctx table {missing[0]} in {where} (check the URL's ?schema=)"
                 )
@@ -215,6 +235,7 @@ class PostgresStore(StoreBase):
                 if self.schema:
                     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
                 upgrading = _exists(conn, "provider_calls") and not _exists(conn, "rollup_daily")
+                no_loss_steps = _exists(conn, "provider_calls") and not _exists(conn, "loss_steps")
                 # Before the schema statements: the provider_calls_json view reads the column.
                 scoped = _add_billing_scope(conn)
                 rebuild = upgrading or scoped or _outdated_rollups(conn)
@@ -227,6 +248,9 @@ class PostgresStore(StoreBase):
                     # Built once from the raw rows already stored (the unattributed and
                     # unpriced tiers too, for a store from before them).
                     for statement in _REBUILD + (_UPGRADE if upgrading else []):
+                        conn.execute(statement)
+                if no_loss_steps:
+                    for statement in POSTGRESQL.loss_steps_of_traces(LOST_TRACES_STORED):
                         conn.execute(statement)
             self._partitioned = _is_partitioned(conn)
             self._partitions = set()  # a new connection may see a recreated schema
@@ -318,6 +342,13 @@ class PostgresStore(StoreBase):
                         for row in table_rows:
                             copy.write_row(row)
                     cur.execute(moves[table])
+                copies = [s for table in _LOSS_STEPS if rows.get(table) for s in _LOSS_STEPS[table]]
+                if copies:
+                    # After every table (a call's trace finds the hops written with it), and
+                    # one host at a time (each sees what the one before committed).
+                    cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOSS_LOCK,))
+                    for statement in copies:
+                        cur.execute(statement)
             conn.commit()
         except BaseException:
             if not conn.closed:
@@ -334,7 +365,8 @@ class PostgresStore(StoreBase):
     def prune(self, before: float) -> Pruned:
         """Remove the events older than ``before`` (a UTC midnight, epoch seconds): drop the
         day partitions that end by then (and delete older rows of an unpartitioned store);
-        the unattributed rollup's rows too. Rollups (hourly, daily, unpriced) are kept."""
+        the unattributed rollup's rows and the loss steps too. Rollups (hourly, daily,
+        unpriced) are kept."""
         import psycopg
 
         with self._lock:
@@ -358,6 +390,7 @@ class PostgresStore(StoreBase):
                     # is not a whole day (none are created so, but a DBA may attach one).
                     events += conn.execute(f"DELETE FROM {table} WHERE ts < %s", (before,)).rowcount
                 conn.execute("DELETE FROM unattributed_hourly WHERE hour < %s", (before,))
+                conn.execute("DELETE FROM loss_steps WHERE ts < %s", (before,))
                 conn.commit()
             except psycopg.Error:
                 self._drop(conn)

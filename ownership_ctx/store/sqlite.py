@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 from .api import Pruned
 from .base import StoreBase
-from .dialect import SQLITE
+from .dialect import LOST_TRACES_STORED, SQLITE
 from .rows import Rows, split_rows
 from .tables import ROLLED_UP, ROLLUPS, TABLES
 
@@ -33,8 +33,9 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore", "connect_for_reading"]
 #: upgrade); 3: rollups measure user actions, failed attempts, avoided and estimated usage,
 #: and calls without cache hits (every tier rebuilt from the raw rows on upgrade);
 #: 4: ``provider_calls.billing_scope`` (filled from the body on upgrade) and the rollups keyed
-#: by it (every tier rebuilt).
-SCHEMA_VERSION: Final = 4
+#: by it (every tier rebuilt); 5: ``loss_steps``, the steps of the traces with unattributed
+#: calls (filled from the raw rows on upgrade).
+SCHEMA_VERSION: Final = 5
 
 _INSERTS: Final = {
     table: f"INSERT OR IGNORE INTO {table} ({SQLITE.insert_columns(table)})"
@@ -60,6 +61,16 @@ _ROLLUPS: Final = {
         ),
     ]
     for table in ROLLED_UP
+}
+#: Per table: what copies the steps of the traces with unattributed calls into ``loss_steps``
+#: (``id > ?``: the rows this transaction inserted). A hop or request of such a trace, and for
+#: each trace of a new unattributed call its steps stored before it.
+_LOSS_STEPS: Final = {
+    "hops": [SQLITE.loss_steps_of_rows("hops", "FROM hops WHERE id > ?")],
+    "requests": [SQLITE.loss_steps_of_rows("requests", "FROM requests WHERE id > ?")],
+    "provider_calls": SQLITE.loss_steps_of_traces(
+        SQLITE.lost_traces_of_calls("FROM provider_calls WHERE id > ?")
+    ),
 }
 #: Before version 4 the billing scope was only in the body: the column is added (at the end
 #: of the table: inserts name their columns) and filled from it; the body keeps its copy
@@ -182,7 +193,7 @@ class SQLiteStore(StoreBase):
         try:
             (version,) = conn.execute("PRAGMA user_version").fetchone()  # under the lock now
             if version < SCHEMA_VERSION:
-                if version > 0:
+                if 0 < version < 4:
                     for rollup in ROLLUPS:
                         conn.execute(f"DROP TABLE IF EXISTS {rollup.name}")
                     conn.execute(f"DROP TABLE IF EXISTS {_DELTA}")  # it copies their columns
@@ -197,11 +208,14 @@ class SQLiteStore(StoreBase):
                             conn.execute(statement)
                 for statement in SQLITE.schema():
                     conn.execute(statement)
-                if version > 0:
+                if 0 < version < 4:
                     # Built once from the raw rows already stored.
                     self._create_delta(conn)
                     for statement, with_id in _UPGRADE_1 if version == 1 else _REBUILD_3:
                         conn.execute(statement, (0,) if with_id else ())
+                if version > 0:
+                    for statement in SQLITE.loss_steps_of_traces(LOST_TRACES_STORED):
+                        conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
@@ -279,17 +293,23 @@ class SQLiteStore(StoreBase):
     def _insert(self, conn: sqlite3.Connection, rows: Rows) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
+            befores = {}
             for table, table_rows in rows.items():
                 if not table_rows:
                     continue
-                rollups = _ROLLUPS.get(table)
-                if rollups:
+                if table in _LOSS_STEPS:
                     # New rows get ids above the current maximum: the rows this transaction
                     # inserted, and only those.
                     (before,) = conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()
+                    befores[table] = (before,)
                 conn.executemany(_INSERTS[table], table_rows)
-                for statement, with_id in rollups or ():
-                    conn.execute(statement, (before,) if with_id else ())
+                for statement, with_id in _ROLLUPS.get(table, ()):
+                    conn.execute(statement, befores[table] if with_id else ())
+            # After every table: a call's trace finds the hops written with it, and a hop finds
+            # the calls (copies meet on the key).
+            for table, before in befores.items():
+                for statement in _LOSS_STEPS[table]:
+                    conn.execute(statement, before)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -300,9 +320,10 @@ class SQLiteStore(StoreBase):
             raise
 
     def prune(self, before: float) -> Pruned:
-        """Delete the events older than ``before`` (epoch seconds) and the unattributed
-        rollup's rows before it, in one transaction. Rollups (hourly, daily, unpriced) are
-        kept. The file does not shrink: SQLite reuses the freed pages (VACUUM returns them)."""
+        """Delete the events older than ``before`` (epoch seconds), and the unattributed
+        rollup's rows and the loss steps before it, in one transaction. Rollups (hourly,
+        daily, unpriced) are kept. The file does not shrink: SQLite reuses the freed pages
+        (VACUUM returns them)."""
         with self._lock:
             conn = self._conn
             if conn is None:
@@ -314,6 +335,7 @@ class SQLiteStore(StoreBase):
                     for table in TABLES
                 )
                 conn.execute("DELETE FROM unattributed_hourly WHERE hour < ?", (before,))
+                conn.execute("DELETE FROM loss_steps WHERE ts < ?", (before,))
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:

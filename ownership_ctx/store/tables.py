@@ -11,7 +11,10 @@ package spells a column or a measure.
   for whole days and the hourly one for the hours at either end.
 - ``unattributed_hourly``: the calls the coverage report traces to their hops, per hour x
   trace x attribution x which ownership fields were present (it grows with unattributed
-  traces, not with calls); ``unpriced_hourly``: calls without a cost, per hour x reason.
+  traces, not with calls); ``unpriced_hourly``: calls without a cost, per hour x reason;
+  ``loss_steps``: the hops and request events of the traces in ``unattributed_hourly``
+  (within a day of their calls), copied as they are written whichever comes first, so that
+  the breakdown by hop reads them by trace instead of searching the raw tables.
   Their SQL is in `ownership_ctx.store.dialect` (they are keyed counters, not measures).
 
 On PostgreSQL the raw tables are partitioned by UTC day (`ownership_ctx.store.retention`).

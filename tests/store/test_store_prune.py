@@ -55,9 +55,14 @@ def _totals(url: str) -> tuple[int, Decimal]:
     return row.calls, row.cost
 
 
+def _loss_steps(store: Any) -> list[str]:
+    return [str(e) for (e,) in store.fetch("SELECT event_id FROM loss_steps ORDER BY 1")]
+
+
 def _check_pruned(url: str) -> None:
     store = open_store(url)
     store.write_batch(_events())  # type: ignore[attr-defined]
+    assert _loss_steps(store) == ["hop-0", "hop-1", "hop-2"]  # each of a quarantined trace
     store.close()
     assert _totals(url) == (6, Decimal("1.50"))
     done = run_cli("prune", "--before", "2026-01-07", "--db", url)
@@ -72,6 +77,7 @@ def _check_pruned(url: str) -> None:
     assert [r.trace_id for r in store.unattributed_calls(start, end, ("owner_team",))] == [
         f"{2:016x}{1:016x}"
     ]
+    assert _loss_steps(store) == ["hop-2"]  # what the hop breakdown reads goes with them
     store.close()
     again = run_cli("prune", "--before", "2026-01-07", "--db", url)
     assert (again.returncode, again.stdout.split(" before")[0]) == (0, "removed 0 event(s)")

@@ -50,6 +50,21 @@ def _events() -> list[dict[str, Any]]:
             event["billing_scope"] = scope
         out.append(event)
     out.append({"kind": "request", "event_id": "rq0", "ts": DAY0 + 60, "trace_id": f"{0:032x}"})
+    # Hops of traces with unattributed calls: the upgrade copies them into loss_steps, except
+    # the one three days before its trace's calls (beyond the day around them).
+    for n, ts in ((0, DAY0 + 30), (3, DAY0 + 3600), (3, DAY0 - 3 * 86400)):
+        out.append(
+            {
+                "kind": "hop",
+                "event_id": f"hop{n}-{ts}",
+                "ts": ts,
+                "trace_id": f"{n:032x}",
+                "hop": "celery.consume",
+                "unit": "tasks.summarize",
+                "outcome": "quarantined",
+                "missing": ["owner_team"],
+            }
+        )
     return out
 
 
@@ -88,7 +103,17 @@ def _make_sqlite_old(path: Path, version: int) -> None:
     conn.execute(_old_view(SQLITE.raw_table_ddl("provider_calls")[-1]))
     for rollup in ("rollup_hourly", "rollup_daily"):
         conn.execute(f"DROP TABLE {rollup}")
-    tiers = SQLITE.schema()[-4:-2]  # rollup_hourly, rollup_daily
+    _drop_loss_steps(conn)
+    tiers = [
+        ddl
+        for ddl in SQLITE.schema()
+        if ddl.startswith(
+            (
+                "CREATE TABLE IF NOT EXISTS rollup_hourly ",
+                "CREATE TABLE IF NOT EXISTS rollup_daily ",
+            )
+        )
+    ]
     assert "rollup_hourly" in tiers[0] and "rollup_daily" in tiers[1]
     if version == 1:  # raw tables and the hourly tier only
         conn.execute(_old_rollup(tiers[0]))
@@ -99,6 +124,13 @@ def _make_sqlite_old(path: Path, version: int) -> None:
             conn.execute(_old_rollup(ddl))
     conn.execute(f"PRAGMA user_version = {version}")
     conn.close()
+
+
+def _drop_loss_steps(conn: Any) -> None:
+    """What version 5 added: the steps of the traces with unattributed calls, and the index
+    that finds those traces."""
+    conn.execute("DROP TABLE loss_steps")
+    conn.execute("DROP INDEX unattributed_hourly_trace")
 
 
 def _table(path: Path, name: str) -> list[tuple[Any, ...]]:
@@ -131,14 +163,20 @@ def test_an_old_sqlite_store_is_upgraded_to_billing_scope(tmp_path: Path, versio
     upgraded = SQLiteStore(tmp_path / "old.db")
     upgraded.write_batch([])  # opened for writing: upgraded
     conn = sqlite3.connect(tmp_path / "old.db")
-    assert conn.execute("PRAGMA user_version").fetchone() == (4,)
+    assert conn.execute("PRAGMA user_version").fetchone() == (5,)
     scopes = dict(conn.execute("SELECT event_id, billing_scope FROM provider_calls"))
     conn.close()
     assert scopes == {
         e["event_id"]: e.get("billing_scope") for e in events if e["kind"] == "provider_call"
     }
     # Every tier as a fresh store's, row for row.
-    for name in ("rollup_hourly", "rollup_daily", "unattributed_hourly", "unpriced_hourly"):
+    for name in (
+        "rollup_hourly",
+        "rollup_daily",
+        "unattributed_hourly",
+        "unpriced_hourly",
+        "loss_steps",
+    ):
         assert _table(tmp_path / "old.db", name) == _table(tmp_path / "fresh.db", name), name
     # And as worked out from the events: calls and cost per day x scope.
     got = {
@@ -164,6 +202,45 @@ def test_an_old_sqlite_store_is_upgraded_to_billing_scope(tmp_path: Path, versio
     fresh.close()
 
 
+def test_a_version_4_sqlite_store_gets_its_loss_steps_without_a_rollup_rebuild(
+    tmp_path: Path,
+) -> None:
+    events = _events()
+    fresh = SQLiteStore(tmp_path / "fresh.db")
+    fresh.write_batch(events)
+    expected = _table(tmp_path / "fresh.db", "loss_steps")
+    # Two hops copied; the third is three days before its trace's calls.
+    assert sorted(row[1] for row in expected) == ["hop0-1767571230", "hop3-1767574800", "rq0"]
+    old = SQLiteStore(tmp_path / "old.db")
+    old.write_batch(events)
+    old.close()
+    conn = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    _drop_loss_steps(conn)
+    # A mark in the rollups: an upgrade from 4 keeps them (no rebuild of a large store).
+    marked = conn.execute(
+        "UPDATE rollup_hourly SET calls = calls + 1000"
+        " WHERE hour = (SELECT min(hour) FROM rollup_hourly)"
+    ).rowcount
+    conn.execute("PRAGMA user_version = 4")
+    conn.close()
+
+    reader = SQLiteStore(tmp_path / "old.db", readonly=True)
+    with pytest.raises(StoreError, match="older ownership_ctx: open it once for writing"):
+        reader.loss_shapes(DAY0, DAY0 + 2 * 86400, ("owner_team",))
+    reader.close()
+
+    upgraded = SQLiteStore(tmp_path / "old.db")
+    upgraded.write_batch([])
+    assert _table(tmp_path / "old.db", "loss_steps") == expected
+    assert sum(r.calls for r in upgraded.rollups(0, 2**40, ("hour",))) == 24 + 1000 * marked
+    required = ("owner_team", "workflow_id", "feature")
+    assert upgraded.loss_shapes(DAY0 - 86400, DAY0 + 3 * 86400, required) == fresh.loss_shapes(
+        DAY0 - 86400, DAY0 + 3 * 86400, required
+    )
+    upgraded.close()
+    fresh.close()
+
+
 def _pg_rollups(store: Any) -> list[Any]:
     return [
         store.rollups(0, 2**40, ("hour", *DIMENSIONS)),
@@ -177,6 +254,8 @@ def test_an_old_postgres_store_is_upgraded_to_billing_scope(pg_url: str) -> None
     store.write_batch(events)
     fresh = _pg_rollups(store)
     traces = {t: store.events_by_trace(t) for t in {e["trace_id"] for e in events}}
+    shapes = store.loss_shapes(DAY0 - 86400, DAY0 + 3 * 86400, ("owner_team",))
+    assert any(step.kind == "hop" for shape in shapes for step in shape.steps)
     store.close()
     schema = pg_url.rsplit("schema=", 1)[1]
     conninfo = pg_url.split("?", 1)[0]
@@ -191,10 +270,16 @@ def test_an_old_postgres_store_is_upgraded_to_billing_scope(pg_url: str) -> None
         for rollup in ("rollup_hourly", "rollup_daily"):
             c.execute(f"ALTER TABLE {rollup} DROP COLUMN billing_scope")
             c.execute(f"DELETE FROM {rollup}")
+        _drop_loss_steps(c)
 
+    reader = open_backend(pg_url, readonly=True)
+    with pytest.raises(StoreError, match="older ownership_ctx: open it once for writing"):
+        reader.loss_shapes(DAY0, DAY0 + 2 * 86400, ("owner_team",))
+    reader.close()
     upgraded = open_backend(pg_url)
     upgraded.write_batch([])  # opened for writing: upgraded
     assert _pg_rollups(upgraded) == fresh
+    assert upgraded.loss_shapes(DAY0 - 86400, DAY0 + 3 * 86400, ("owner_team",)) == shapes
     got = {
         (r.group["day"], r.group["billing_scope"]): [r.calls, r.cost]
         for r in upgraded.rollups(DAY0, DAY0 + 2 * 86400, ("day", "billing_scope"))
