@@ -27,7 +27,7 @@ from .api import (
     TraceStep,
     UnattributedCalls,
 )
-from .dialect import Dialect
+from .dialect import DAY_OF_ROW, Dialect
 from .rows import by_time, rebuild
 from .tables import MEASURES, PRESENCE, TABLE_OF_KIND, TABLES
 
@@ -36,6 +36,9 @@ __all__ = ["StoreBase", "one_line"]
 _DAY: Final = 86400
 _HOUR: Final = 3600
 _FAR: Final = 1 << 62
+#: Beyond this many days between a store's first and last event, a lookup by trace reads
+#: which days are there rather than naming every day between.
+_MAX_DAYS: Final = 36600
 _CHUNK: Final = 400  # trace ids per IN (...) query: well under SQLite's 32766 parameters
 #: Presence bits (`tables.PRESENCE`) by envelope field name.
 _BIT: Final = {("user" if c == "user_id" else c): 1 << i for i, c in enumerate(PRESENCE)}
@@ -207,12 +210,34 @@ class StoreBase(EventQueries):
             return {}
         return decoded if isinstance(decoded, dict) else {}
 
+    def _trace_days(self, low: float | None = None, high: float | None = None) -> str:
+        """`Dialect.trace_days` for a lookup by trace id: the days from ``low`` to ``high``
+        (epoch seconds), else every day the store holds events on."""
+        if not self.dialect.trace_days("", ["0"]):
+            return ""  # PostgreSQL: nothing to name
+        if low is None or high is None:
+            spans = self.fetch(
+                " UNION ALL ".join(f"SELECT min(ts), max(ts) FROM {t}" for t in TABLES)
+            )
+            lows = [float(a) for a, _ in spans if a is not None]
+            highs = [float(b) for _, b in spans if b is not None]
+            if not lows:
+                return self.dialect.trace_days("", [])
+            low, high = min(lows), max(highs)
+        first, last = _floor(low / _DAY), _floor(high / _DAY)
+        if last - first > _MAX_DAYS:
+            # Events centuries apart (a clock gone wrong): the days that are there instead.
+            union = " UNION ".join(f"SELECT DISTINCT {DAY_OF_ROW} FROM {t}" for t in TABLES)
+            return f"{DAY_OF_ROW} IN ({union}) AND "
+        return self.dialect.trace_days("", [str(d) for d in range(first, last + 1)])
+
     def events_by_trace(self, trace_id: str) -> list[dict[str, Any]]:
         found = []
+        days = self._trace_days()
         for name, table in TABLES.items():
             columns = ", ".join(c.name for c in table.read_columns)
             rows = self.fetch(
-                f"SELECT {columns}, body FROM {name} WHERE trace_id = ?",
+                f"SELECT {columns}, body FROM {name} WHERE {days}trace_id = ?",
                 [trace_id],
                 what=f"read trace {trace_id}",
             )
@@ -231,8 +256,9 @@ class StoreBase(EventQueries):
     def trace_ids(self, prefix: str, limit: int = 11) -> list[str]:
         # A range, not LIKE: both databases walk the trace_id index for it.
         high = prefix + "g"  # above any hex digit
+        days = self._trace_days()
         union = " UNION ".join(
-            f"SELECT trace_id FROM {t} WHERE trace_id >= ? AND trace_id < ?"
+            f"SELECT trace_id FROM {t} WHERE {days}trace_id >= ? AND trace_id < ?"
             for t in ("requests", "provider_calls", "hops", "other_events")
         )
         rows = self.fetch(
@@ -364,12 +390,15 @@ class StoreBase(EventQueries):
                 bounds = f" AND {ts_column} >= ? AND {ts_column} < ?"
                 low, high = pairs[i][0] - window, pairs[i + len(chunk) - 1][0] + window
                 params += [low, high]
+                days = self._trace_days(low, high)
+            else:
+                days = self._trace_days()
             rows = self.fetch(
                 "SELECT trace_id, ts, hop, unit, outcome, missing, owner_team, workflow_id,"
-                f" feature, tenant, user_id, 'hop' FROM hops WHERE trace_id IN ({slots}){bounds}"
-                " UNION ALL SELECT trace_id, ts, 'http', route, outcome, missing, owner_team,"
-                " workflow_id, feature, tenant, user_id, 'request' FROM requests"
-                f" WHERE trace_id IN ({slots}){bounds}",
+                f" feature, tenant, user_id, 'hop' FROM hops WHERE {days}trace_id IN ({slots})"
+                f"{bounds} UNION ALL SELECT trace_id, ts, 'http', route, outcome, missing,"
+                " owner_team, workflow_id, feature, tenant, user_id, 'request' FROM requests"
+                f" WHERE {days}trace_id IN ({slots}){bounds}",
                 params * 2,
             )
             for (
@@ -443,3 +472,7 @@ def _ceil(value: float) -> int:
         return _FAR if value > 0 else -_FAR
     whole = int(value)
     return whole + 1 if whole < value else whole
+
+
+def _floor(value: float) -> int:
+    return -_ceil(-value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Final
 
@@ -27,7 +28,7 @@ from .tables import (
     Rollup,
 )
 
-__all__ = ["FIRSTS", "LOST_TRACES_STORED", "POSTGRESQL", "SQLITE", "Dialect"]
+__all__ = ["DAY_OF_ROW", "FIRSTS", "LOST_TRACES_STORED", "POSTGRESQL", "SQLITE", "Dialect"]
 
 #: How far around a request its trace's first request is looked for (seconds): on PostgreSQL
 #: the probe then reads the day partitions around the row, not all of them.
@@ -49,12 +50,15 @@ FIRSTS: Final = (
 
 _UNATTRIBUTED_KEYS: Final = ("hour", "trace_id", "attribution", "present")
 _STEP_COLUMNS: Final = "trace_id, event_id, ts, kind, hop, unit, outcome, missing, present"
-#: Every trace of ``unattributed_hourly`` (an upgrade fills ``loss_steps`` from it), with the
-#: time around its calls (its hours' first calls, and the hour after the last) to look in.
+#: A row's UTC day (days since the epoch), from its hour: what SQLite's trace indexes lead
+#: with (`Dialect.trace_days`).
+DAY_OF_ROW: Final = "hour / 86400"
+#: Every trace of ``unattributed_hourly`` per day (an upgrade fills ``loss_steps`` from it),
+#: with the time around its calls (its hours' first calls, and the hour after the last).
 LOST_TRACES_STORED: Final = (
-    f"SELECT trace_id, min(first_ts) - {_TRACE_WINDOW} AS lo,"
+    f"SELECT trace_id, {DAY_OF_ROW} AS day, min(first_ts) - {_TRACE_WINDOW} AS lo,"
     f" max(first_ts) + {3600 + _TRACE_WINDOW} AS hi FROM unattributed_hourly"
-    " WHERE trace_id <> '' GROUP BY trace_id"
+    " WHERE trace_id <> '' GROUP BY 1, 2"
 )
 _UNATTRIBUTED_MEASURES: Final = ("calls", "cost", "first_ts", "provider", "model")
 
@@ -181,10 +185,12 @@ class Dialect(abc.ABC):
         """True for a requests row (named ``row`` in the query) stored before any other of
         its trace (SQLite's rowids are in insertion order). A trace is looked for within a
         day of the row: a user action does not last longer, and the probe stays small."""
+        day = f"{row}.{DAY_OF_ROW}"
         return (
-            f"NOT EXISTS (SELECT 1 FROM requests p WHERE p.trace_id = {row}.trace_id"
-            f" AND p.id < {row}.id AND p.ts > {row}.ts - {_TRACE_WINDOW}"
-            f" AND p.ts < {row}.ts + {_TRACE_WINDOW})"
+            "NOT EXISTS (SELECT 1 FROM requests p WHERE"
+            f" {self.trace_days('p.', [f'{day} - 1', day, f'{day} + 1'])}"
+            f"p.trace_id = {row}.trace_id AND p.id < {row}.id"
+            f" AND p.ts > {row}.ts - {_TRACE_WINDOW} AND p.ts < {row}.ts + {_TRACE_WINDOW})"
         )
 
     def presence(self, prefix: str = "") -> str:
@@ -301,9 +307,9 @@ class Dialect(abc.ABC):
         )
 
     def loss_steps_of_traces(self, traces: str) -> list[str]:
-        """Copy the stored hops and requests rows of ``traces`` (a query of ``trace_id, lo,
-        hi``: each trace's rows with ``lo <= ts < hi`` are looked at) that are loss steps
-        into ``loss_steps``."""
+        """Copy the stored hops and requests rows of ``traces`` (a query of ``trace_id, day,
+        lo, hi``: each trace's rows with ``lo <= ts < hi``, within a day before ``day`` and
+        two after, are looked at) that are loss steps into ``loss_steps``."""
         return [
             f"INSERT INTO loss_steps ({_STEP_COLUMNS})"
             f" SELECT {self._step_values(table, alias + '.')} FROM ({traces}) AS t"
@@ -313,14 +319,14 @@ class Dialect(abc.ABC):
         ]
 
     def lost_traces_of_calls(self, source: str) -> str:
-        """The traces of the unattributed calls of ``source`` (``FROM ... WHERE ...``), each
-        with the time where its loss steps may be: a day before its calls to a day after the
-        hour of the last."""
+        """The traces of the unattributed calls of ``source`` (``FROM ... WHERE ...``), per
+        day of those calls, with the time where its loss steps may be: a day before the
+        calls to a day after the hour of the last (`rows_of_trace`)."""
         # Grouped off the trace index: SQLite would walk all of it rather than sort the few.
         return (
-            f"SELECT trace_id, min(ts) - {_TRACE_WINDOW} AS lo,"
+            f"SELECT trace_id, {DAY_OF_ROW} AS day, min(ts) - {_TRACE_WINDOW} AS lo,"
             f" max(ts) + {3600 + _TRACE_WINDOW} AS hi {source} AND trace_id <> ''"
-            f" AND {UNATTRIBUTED} GROUP BY {self.unindexed('trace_id')}"
+            f" AND {UNATTRIBUTED} GROUP BY {self.unindexed('trace_id')}, 2"
         )
 
     def loss_shapes(self) -> str:
@@ -383,9 +389,17 @@ class Dialect(abc.ABC):
 
     @abc.abstractmethod
     def rows_of_trace(self, table: str, alias: str) -> str:
-        """A join of ``t`` (``trace_id``, ``lo``, ``hi``) to the rows of ``table`` (as
-        ``alias``) of each trace with ``lo <= ts < hi``, found by the trace index, one trace
-        at a time."""
+        """A join of ``t`` (``trace_id``, ``day``, ``lo``, ``hi``) to the rows of ``table``
+        (as ``alias``) of each trace with ``lo <= ts < hi`` (from the day before ``day`` to
+        two days after it), found by the trace index, one trace at a time."""
+
+    @abc.abstractmethod
+    def trace_days(self, prefix: str, days: Sequence[str]) -> str:
+        """What a lookup by trace id adds before its ``trace_id`` condition (``... AND``):
+        the row (columns prefixed ``prefix``) is on one of ``days`` (SQL expressions of UTC
+        days since the epoch). SQLite's trace indexes lead with the day, so that a write
+        touches the recent days' part of them, not a random page of all of it; PostgreSQL's
+        day partitions do that already (nothing added)."""
 
     @property
     @abc.abstractmethod
@@ -428,7 +442,7 @@ class _SQLite(Dialect):
         return [
             f"CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY, {body})",
             f"CREATE UNIQUE INDEX IF NOT EXISTS {table}_event_id ON {table} (event_id)",
-            f"CREATE INDEX IF NOT EXISTS {table}_trace ON {table} (trace_id)",
+            f"CREATE INDEX IF NOT EXISTS {table}_day_trace ON {table} ({DAY_OF_ROW}, trace_id)",
             f"CREATE INDEX IF NOT EXISTS {table}_ts ON {table} (ts)",
             f"CREATE VIEW IF NOT EXISTS {table}_json AS SELECT id, event_id, ts, trace_id,"
             f" json_patch(json_object({pairs}), body) AS event FROM {table}",
@@ -440,10 +454,14 @@ class _SQLite(Dialect):
     def rows_of_trace(self, table: str, alias: str) -> str:
         # SQLite loops over t and looks each trace up; "+ts" keeps it off the ts index.
         ts = self.unindexed(f"{alias}.ts")
+        days = ["t.day - 1", "t.day", "t.day + 1", "t.day + 2"]
         return (
-            f"JOIN {table} {alias} ON {alias}.trace_id = t.trace_id"
-            f" AND {ts} >= t.lo AND {ts} < t.hi"
+            f"JOIN {table} {alias} ON {self.trace_days(alias + '.', days)}"
+            f"{alias}.trace_id = t.trace_id AND {ts} >= t.lo AND {ts} < t.hi"
         )
+
+    def trace_days(self, prefix: str, days: Sequence[str]) -> str:
+        return f"{prefix}{DAY_OF_ROW} IN ({', '.join(days)}) AND "
 
     @property
     def per_row(self) -> str:
@@ -497,6 +515,9 @@ class _Postgres(Dialect):
         # An EXISTS with an OFFSET is not turned into a semi-join (a hash of the whole table
         # for a few rows): it stays an index probe per row.
         return " OFFSET 0"
+
+    def trace_days(self, prefix: str, days: Sequence[str]) -> str:
+        return ""
 
     def json_list(self, *values: str) -> str:
         return f"json_build_array({', '.join(values)})::text"

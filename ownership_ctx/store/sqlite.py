@@ -34,7 +34,7 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore", "connect_for_reading"]
 #: and calls without cache hits (every tier rebuilt from the raw rows on upgrade);
 #: 4: ``provider_calls.billing_scope`` (filled from the body on upgrade) and the rollups keyed
 #: by it (every tier rebuilt); 5: ``loss_steps``, the steps of the traces with unattributed
-#: calls (filled from the raw rows on upgrade).
+#: calls (filled from the raw rows on upgrade), and trace indexes led by the day.
 SCHEMA_VERSION: Final = 5
 
 _INSERTS: Final = {
@@ -206,6 +206,10 @@ class SQLiteStore(StoreBase):
                     if columns and "billing_scope" not in columns:
                         for statement in _ADD_BILLING_SCOPE:
                             conn.execute(statement)
+                if version > 0:
+                    # Replaced by the day-led trace indexes (built by the schema statements).
+                    for table in TABLES:
+                        conn.execute(f"DROP INDEX IF EXISTS {table}_trace")
                 for statement in SQLITE.schema():
                     conn.execute(statement)
                 if 0 < version < 4:

@@ -30,7 +30,7 @@ def test_wal_mode_and_schema(store: SQLiteStore) -> None:
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"provider_calls", "requests", "hops", "other_events", "rollup_hourly"} <= tables
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-    assert {"provider_calls_trace", "provider_calls_ts", "provider_calls_event_id"} <= indexes
+    assert {"provider_calls_day_trace", "provider_calls_ts", "provider_calls_event_id"} <= indexes
 
 
 def test_typed_columns_and_full_body(store: SQLiteStore) -> None:

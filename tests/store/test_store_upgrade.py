@@ -104,6 +104,7 @@ def _make_sqlite_old(path: Path, version: int) -> None:
     for rollup in ("rollup_hourly", "rollup_daily"):
         conn.execute(f"DROP TABLE {rollup}")
     _drop_loss_steps(conn)
+    _old_trace_indexes(conn)
     tiers = [
         ddl
         for ddl in SQLITE.schema()
@@ -131,6 +132,23 @@ def _drop_loss_steps(conn: Any) -> None:
     that finds those traces."""
     conn.execute("DROP TABLE loss_steps")
     conn.execute("DROP INDEX unattributed_hourly_trace")
+
+
+def _old_trace_indexes(conn: Any) -> None:
+    """SQLite before version 5: trace indexes on the trace id alone."""
+    for table in ("provider_calls", "requests", "hops", "other_events"):
+        conn.execute(f"DROP INDEX {table}_day_trace")
+        conn.execute(f"CREATE INDEX {table}_trace ON {table} (trace_id)")
+
+
+def _indexes(path: Path) -> set[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return {
+            name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        }
+    finally:
+        conn.close()
 
 
 def _table(path: Path, name: str) -> list[tuple[Any, ...]]:
@@ -162,6 +180,7 @@ def test_an_old_sqlite_store_is_upgraded_to_billing_scope(tmp_path: Path, versio
 
     upgraded = SQLiteStore(tmp_path / "old.db")
     upgraded.write_batch([])  # opened for writing: upgraded
+    assert _indexes(tmp_path / "old.db") == _indexes(tmp_path / "fresh.db")
     conn = sqlite3.connect(tmp_path / "old.db")
     assert conn.execute("PRAGMA user_version").fetchone() == (5,)
     scopes = dict(conn.execute("SELECT event_id, billing_scope FROM provider_calls"))
@@ -216,6 +235,7 @@ def test_a_version_4_sqlite_store_gets_its_loss_steps_without_a_rollup_rebuild(
     old.close()
     conn = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
     _drop_loss_steps(conn)
+    _old_trace_indexes(conn)
     # A mark in the rollups: an upgrade from 4 keeps them (no rebuild of a large store).
     marked = conn.execute(
         "UPDATE rollup_hourly SET calls = calls + 1000"
@@ -232,6 +252,7 @@ def test_a_version_4_sqlite_store_gets_its_loss_steps_without_a_rollup_rebuild(
     upgraded = SQLiteStore(tmp_path / "old.db")
     upgraded.write_batch([])
     assert _table(tmp_path / "old.db", "loss_steps") == expected
+    assert _indexes(tmp_path / "old.db") == _indexes(tmp_path / "fresh.db")
     assert sum(r.calls for r in upgraded.rollups(0, 2**40, ("hour",))) == 24 + 1000 * marked
     required = ("owner_team", "workflow_id", "feature")
     assert upgraded.loss_shapes(DAY0 - 86400, DAY0 + 3 * 86400, required) == fresh.loss_shapes(
