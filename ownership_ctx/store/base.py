@@ -216,8 +216,12 @@ class StoreBase(EventQueries):
         if not self.dialect.trace_days("", ["0"]):
             return ""  # PostgreSQL: nothing to name
         if low is None or high is None:
+            # One aggregate per SELECT: SQLite reads min or max alone off the ts index, but
+            # scans the table for both at once.
             spans = self.fetch(
-                " UNION ALL ".join(f"SELECT min(ts), max(ts) FROM {t}" for t in TABLES)
+                " UNION ALL ".join(
+                    f"SELECT (SELECT min(ts) FROM {t}), (SELECT max(ts) FROM {t})" for t in TABLES
+                )
             )
             lows = [float(a) for a, _ in spans if a is not None]
             highs = [float(b) for _, b in spans if b is not None]
