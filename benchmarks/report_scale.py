@@ -17,8 +17,8 @@ Cases (best of 3, warm):
 - ``chargeback``: by team (rollups) vs ``GROUP BY owner_team`` over provider_calls + requests;
 - ``chargeback_model``: by team and model, vs the same GROUP BY with the model;
 - ``coverage``: totals, reasons and ISO weeks (rollups) vs a GROUP BY day over provider_calls;
-- ``coverage_hops``: the same plus the breakdown by hop (the unattributed rollup, then the hops
-  of those traces by the trace index);
+- ``coverage_hops``: the same plus the breakdown by hop (the unattributed rollup, then the
+  steps of those traces from ``loss_steps``, kept as they are written);
 - ``audit``: 10 most recent traces + coverage, vs a GROUP BY trace for the recent traces + the
   raw coverage;
 - ``anomaly``: one team, week 2 vs week 3 (rollups) vs GROUP BY provider/model/tier.

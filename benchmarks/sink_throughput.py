@@ -13,6 +13,9 @@ Cases:
   emitted by the host thread and written by the pipeline (conversion to rows, JSON bodies,
   inserts, rollups), from the first emit until ``flush`` returns; the producer yields when
   the queue is 90% full, so this measures sustained throughput, not the spool;
+- "sqlite writer per event": where the pipeline's time goes, from parts measured apart
+  (building the rows, the raw insert and commit, rollups and loss steps from ``write_batch``
+  run synchronously, and the rest: two threads sharing one interpreter);
 - memory: RSS and tracemalloc while 1,000,000 events (``--quick``: 50,000) go through the
   SQLite pipeline.
 """
@@ -214,7 +217,36 @@ def bench_sqlite(n: int, directory: Path) -> tuple[float, float]:
     del batch
     record("sqlite pipeline", "throughput", piped, "events/s")
     record("sqlite pipeline / raw", "ratio", piped / raw, "x")
+    profile_sqlite(n, directory, raw, piped)
     return raw, piped
+
+
+def profile_sqlite(n: int, directory: Path, raw: float, piped: float) -> None:
+    """Where the pipeline's time per event goes, from public parts measured apart: building
+    the rows (`split_rows`), the raw insert and commit (the case above), ``write_batch`` run
+    synchronously (rows + insert + rollups + loss steps), and the rest: the writer thread and
+    the host's thread sharing one interpreter."""
+    batches = [list(make_events(2000, start=i)) for i in range(0, n, 2000)]
+    gc.collect()
+    start = time.perf_counter()
+    for batch in batches:
+        split_rows(batch)
+    rows_us = (time.perf_counter() - start) / n * 1e6
+    store = SQLiteStore(directory / "sync.db")
+    store.write_batch([])
+    start = time.perf_counter()
+    for batch in batches:
+        store.write_batch(batch)
+    sync_us = (time.perf_counter() - start) / n * 1e6
+    store.close()
+    insert_us, piped_us = 1e6 / raw, 1e6 / piped
+    case = "sqlite writer per event"
+    record(case, "build_rows", rows_us, "us")
+    record(case, "insert_and_commit", insert_us, "us")
+    record(case, "rollups_and_loss_steps", max(0.0, sync_us - rows_us - insert_us), "us")
+    record(case, "write_batch", sync_us, "us")
+    record(case, "threads", max(0.0, piped_us - sync_us), "us")
+    record(case, "pipeline", piped_us, "us")
 
 
 def bench_postgres(n: int, url: str, directory: Path) -> None:
