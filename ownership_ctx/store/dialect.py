@@ -544,10 +544,17 @@ class _Postgres(Dialect):
         return f"{table}_d{day}"
 
     def partition_ddl(self, table: str, day: int) -> str:
-        start = day * 86400
+        """Create and attach the day's partition unless it is there. Attaching locks the
+        parent against other DDL only; ``CREATE TABLE ... PARTITION OF`` would lock out its
+        writers until commit, and with several hosts, one writing a day while another
+        creates the next, deadlock against their inserts (which lock the tables in another
+        order). The index and key of the parent are built on the empty table as it attaches."""
+        name, start = self.partition_name(table, day), day * 86400
         return (
-            f"CREATE TABLE IF NOT EXISTS {self.partition_name(table, day)} PARTITION OF {table}"
-            f" FOR VALUES FROM ({start}) TO ({start + 86400})"
+            f"DO $$ BEGIN IF to_regclass('{name}') IS NULL THEN"
+            f" CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS);"
+            f" ALTER TABLE {table} ATTACH PARTITION {name}"
+            f" FOR VALUES FROM ({start}) TO ({start + 86400}); END IF; END $$"
         )
 
 

@@ -85,3 +85,54 @@ def test_full_event_as_json_in_sql(pg_url: str, pg_server: str) -> None:
         k: v for k, v in event.items() if v is not None
     }
     store.close()
+
+
+def test_hosts_writing_into_new_days_at_once_never_deadlock(pg_url: str) -> None:
+    """Two hosts whose every batch starts a new day, one a day ahead of the other: one
+    creates a day's partitions while the other is still writing (and reading hops and
+    requests for the loss steps). Attaching a partition does not lock out the parent's
+    writers; creating one inside it did, in another order than the inserts: a deadlock,
+    aborted after a second."""
+    import threading
+
+    days, per_day, day0 = 24, 60, 1_767_571_200
+    hosts = [open_backend(pg_url), open_backend(pg_url)]
+    hosts[0].write_batch([])
+    start, errors = threading.Barrier(2), []
+
+    def batch(host: int, day: int) -> list[dict[str, object]]:
+        out: list[dict[str, object]] = []
+        for k in range(per_day):
+            ts = day0 + day * 86400 + 60 + k
+            trace = f"{host:08x}{day:08x}{k:016x}"
+            common = {"ts": ts, "trace_id": trace}
+            out += [
+                {**common, "kind": "hop", "event_id": f"h{host}-{day}-{k}", "hop": "celery"},
+                {**common, "kind": "request", "event_id": f"r{host}-{day}-{k}"},
+                {
+                    **provider_call(**common, owner_team=None, attribution="quarantined"),
+                    "event_id": f"c{host}-{day}-{k}",
+                },
+            ]
+        return out
+
+    def host(n: int) -> None:
+        start.wait()
+        for day in range(n, days + n):  # host 1 a day ahead
+            try:
+                hosts[n].write_batch(batch(n, day))
+            except Exception as e:
+                errors.append(f"{type(e).__name__}: {e}".splitlines()[0])
+
+    threads = [threading.Thread(target=host, args=(n,)) for n in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stored = len(hosts[0].event_ids())
+    (steps,) = hosts[0].fetch("SELECT count(*) FROM loss_steps")[0]
+    for store in hosts:
+        store.close()
+    assert errors == []
+    assert stored == 2 * 3 * days * per_day
+    assert steps == 2 * 2 * days * per_day  # every hop and request: each trace lost its owner
