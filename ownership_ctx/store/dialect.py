@@ -289,8 +289,9 @@ class Dialect(abc.ABC):
 
     def _is_loss_step(self, row: str) -> str:
         """Whether the hops or requests row ``row`` is kept in ``loss_steps``: its trace has
-        unattributed calls in an hour whose first one is at most a day after it, or it is at
-        most a day after that hour. One rule, whichever was written first, and on upgrade."""
+        an hour in ``unattributed_hourly`` whose first call is at most a day after the row and
+        at most a day and an hour before it. One rule, whichever of the two was written
+        first, and on upgrade."""
         return (
             f"EXISTS (SELECT 1 FROM unattributed_hourly u WHERE u.trace_id = {row}.trace_id"
             f" AND u.first_ts <= {row}.ts + {_TRACE_WINDOW}"
