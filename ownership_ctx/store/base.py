@@ -213,8 +213,8 @@ class StoreBase(EventQueries):
     def _trace_days(self, low: float | None = None, high: float | None = None) -> str:
         """`Dialect.trace_days` for a lookup by trace id: the days from ``low`` to ``high``
         (epoch seconds), else every day the store holds events on."""
-        if not self.dialect.trace_days("", ["0"]):
-            return ""  # PostgreSQL: nothing to name
+        if not self.dialect.day_led_trace_index:
+            return ""
         if low is None or high is None:
             # One aggregate per SELECT: SQLite reads min or max alone off the ts index, but
             # scans the table for both at once.
@@ -232,7 +232,7 @@ class StoreBase(EventQueries):
         if last - first > _MAX_DAYS:
             # Events centuries apart (a clock gone wrong): the days that are there instead.
             union = " UNION ".join(f"SELECT DISTINCT {DAY_OF_ROW} FROM {t}" for t in TABLES)
-            return f"{DAY_OF_ROW} IN ({union}) AND "
+            return self.dialect.trace_days("", [union])
         return self.dialect.trace_days("", [str(d) for d in range(first, last + 1)])
 
     def events_by_trace(self, trace_id: str) -> list[dict[str, Any]]:

@@ -75,6 +75,9 @@ class Dialect(abc.ABC):
     excluded: str  # how an upsert names the proposed row
     least: str  # the two-argument minimum
     keyed_table_suffix: str  # for tables with a primary key and no other use for a rowid
+    #: Trace indexes on (day, trace id): a write touches the recent days' part of them, not a
+    #: random page of all of it (SQLite; PostgreSQL's day partitions do that already).
+    day_led_trace_index: bool
 
     # -- names -------------------------------------------------------------------------------
 
@@ -394,13 +397,14 @@ class Dialect(abc.ABC):
         (as ``alias``) of each trace with ``lo <= ts < hi`` (from the day before ``day`` to
         two days after it), found by the trace index, one trace at a time."""
 
-    @abc.abstractmethod
     def trace_days(self, prefix: str, days: Sequence[str]) -> str:
-        """What a lookup by trace id adds before its ``trace_id`` condition (``... AND``):
-        the row (columns prefixed ``prefix``) is on one of ``days`` (SQL expressions of UTC
-        days since the epoch). SQLite's trace indexes lead with the day, so that a write
-        touches the recent days' part of them, not a random page of all of it; PostgreSQL's
-        day partitions do that already (nothing added)."""
+        """What a lookup by trace id adds before its ``trace_id`` condition (``... AND``)
+        where the trace indexes lead with the day (`day_led_trace_index`): the row (columns
+        prefixed ``prefix``) is on one of ``days`` (SQL expressions of UTC days since the
+        epoch, or one subquery). Elsewhere nothing."""
+        if not self.day_led_trace_index:
+            return ""
+        return f"{prefix}{DAY_OF_ROW} IN ({', '.join(days)}) AND "
 
     @property
     @abc.abstractmethod
@@ -461,9 +465,6 @@ class _SQLite(Dialect):
             f"{alias}.trace_id = t.trace_id AND {ts} >= t.lo AND {ts} < t.hi"
         )
 
-    def trace_days(self, prefix: str, days: Sequence[str]) -> str:
-        return f"{prefix}{DAY_OF_ROW} IN ({', '.join(days)}) AND "
-
     @property
     def per_row(self) -> str:
         return ""  # SQLite runs a correlated EXISTS as it is written
@@ -516,9 +517,6 @@ class _Postgres(Dialect):
         # An EXISTS with an OFFSET is not turned into a semi-join (a hash of the whole table
         # for a few rows): it stays an index probe per row.
         return " OFFSET 0"
-
-    def trace_days(self, prefix: str, days: Sequence[str]) -> str:
-        return ""
 
     def json_list(self, *values: str) -> str:
         return f"json_build_array({', '.join(values)})::text"
@@ -576,6 +574,7 @@ SQLITE: Final = _SQLite(
     excluded="excluded",
     least="min",
     keyed_table_suffix=" WITHOUT ROWID",
+    day_led_trace_index=True,
 )
 POSTGRESQL: Final = _Postgres(
     name="postgresql",
@@ -594,4 +593,5 @@ POSTGRESQL: Final = _Postgres(
     excluded="EXCLUDED",
     least="least",
     keyed_table_suffix="",
+    day_led_trace_index=False,
 )
