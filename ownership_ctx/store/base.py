@@ -384,6 +384,7 @@ class StoreBase(EventQueries):
             # the trace index of a few day partitions instead of all of them.
             pairs = sorted(zip(near, trace_ids, strict=True))
         ts_column = self.dialect.unindexed("ts")  # the trace index finds the rows; ts narrows
+        every_day = self._trace_days() if near is None else ""  # once, not per chunk
         fields_of, no_missing = _FIELDS_OF_MASK, ()
         for i in range(0, len(pairs), _CHUNK):
             chunk = [t for _, t in pairs[i : i + _CHUNK]]
@@ -396,7 +397,7 @@ class StoreBase(EventQueries):
                 params += [low, high]
                 days = self._trace_days(low, high)
             else:
-                days = self._trace_days()
+                days = every_day
             rows = self.fetch(
                 "SELECT trace_id, ts, hop, unit, outcome, missing, owner_team, workflow_id,"
                 f" feature, tenant, user_id, 'hop' FROM hops WHERE {days}trace_id IN ({slots})"
